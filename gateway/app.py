@@ -1,0 +1,245 @@
+"""The API gateway: the only public entry.
+
+It verifies JWTs on every non-public route, rate-limits per client, adds a request id,
+routes `/api/v1/<service>/...` to the service (never `/internal/`), answers 503 fast
+when a service is down and 504 when it is slow, and serves one merged OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from services.common.auth import bearer_token, verify_token
+from services.common.errors import DomainError, install_error_handlers, problem
+from services.common.logging import configure_logging
+from services.common.settings import SERVICES, get_settings
+
+from .ratelimit import RateLimiter
+from .routing import AUTH_PATHS, PICKUP_PATHS, is_public, service_for
+
+log = structlog.get_logger()
+PREFIX = "/api/v1"
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+              "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+              "content-encoding"}
+
+
+class Upstreams:
+    def __init__(self) -> None:
+        self.clients: dict[str, httpx.AsyncClient] = {}
+
+    def client(self, service: str) -> httpx.AsyncClient:
+        if service not in self.clients:
+            s = get_settings()
+            self.clients[service] = httpx.AsyncClient(
+                base_url=s.service_url(service),
+                timeout=httpx.Timeout(s.peer_read_timeout_s, connect=s.peer_connect_timeout_s),
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=100))
+        return self.clients[service]
+
+    async def aclose(self) -> None:
+        for c in self.clients.values():
+            await c.aclose()
+        self.clients.clear()
+
+
+def create_app() -> FastAPI:
+    configure_logging("gateway")
+    settings = get_settings()
+    upstreams = Upstreams()
+    general = RateLimiter(settings.rate_limit_per_minute)
+    auth_limiter = RateLimiter(settings.auth_rate_limit_per_minute)
+    pickup_limiter = RateLimiter(settings.pickup_rate_limit_per_minute)
+    openapi_cache: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await upstreams.aclose()
+
+    app = FastAPI(title="Group buying API", version="1.0.0", lifespan=lifespan,
+                  openapi_url=None, docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict:
+        return {"status": "ok", "service": "gateway"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz():
+        async def check(service: str) -> tuple[str, str]:
+            try:
+                r = await upstreams.client(service).get("/readyz", timeout=2.0)
+                return service, "ok" if r.status_code == 200 else f"not ready ({r.status_code})"
+            except httpx.HTTPError:
+                return service, "unreachable"
+
+        checks = dict(await asyncio.gather(*(check(s) for s in SERVICES)))
+        if all(v == "ok" for v in checks.values()):
+            return {"status": "ready", "checks": checks}
+        return problem(503, "not_ready", "Not ready", "a service behind the gateway is not ready",
+                       checks=checks)
+
+    @app.get(f"{PREFIX}/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        cached = openapi_cache.get("doc")
+        if cached and time.monotonic() - openapi_cache["at"] < 30:
+            return JSONResponse(cached)
+        doc = await merged_openapi(upstreams)
+        openapi_cache.update(doc=doc, at=time.monotonic())
+        return JSONResponse(doc)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=f"{PREFIX}/openapi.json",
+                                   title="Group buying API")
+
+    @app.api_route(f"{PREFIX}/{{path:path}}",
+                   methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def proxy(path: str, request: Request) -> Response:
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        try:
+            return await forward(path, request, rid)
+        except DomainError as e:
+            headers = e.extra.pop("headers", None) or {}
+            headers["x-request-id"] = rid
+            return problem(e.status, e.code, e.title, e.detail, headers=headers, **e.extra)
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    async def forward(path: str, request: Request, rid: str) -> Response:
+        service = service_for(path)
+        if service is None:
+            return problem(404, "not_found", "Not found", f"no route {PREFIX}/{path}",
+                           headers={"x-request-id": rid})
+        client_ip = request.client.host if request.client else "unknown"
+        token = bearer_token(request)
+        principal = None
+        if token:
+            try:
+                principal = verify_token(token)
+            except DomainError:
+                if not is_public(request.method, path):
+                    raise
+        if principal is None and not is_public(request.method, path):
+            return problem(401, "missing_token", "Unauthorized", "a bearer token is required",
+                           headers={"www-authenticate": "Bearer", "x-request-id": rid})
+        client_key = f"user:{principal.user_id}" if principal else f"ip:{client_ip}"
+        checks = [(general, client_key)]
+        if AUTH_PATHS.match(path):
+            checks.append((auth_limiter, f"ip:{client_ip}"))
+        if PICKUP_PATHS.match(path):
+            checks.append((pickup_limiter, client_key))
+            checks.append((pickup_limiter, f"ip:{client_ip}"))
+        for limiter, key in checks:
+            wait = limiter.take(key)
+            if wait > 0:
+                return problem(429, "rate_limited", "Too many requests",
+                               "slow down and retry later",
+                               headers={"retry-after": str(max(1, math.ceil(wait))),
+                                        "x-request-id": rid})
+
+        body = await request.body()
+        if len(body) > settings.max_body_bytes:
+            return problem(413, "body_too_large", "Request body too large",
+                           f"at most {settings.max_body_bytes} bytes")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers["x-request-id"] = rid
+        headers["x-forwarded-for"] = client_ip
+        headers.pop("x-service-token", None)
+        try:
+            upstream = await upstreams.client(service).request(
+                request.method, f"/{path}", params=list(request.query_params.multi_items()),
+                content=body, headers=headers)
+        except httpx.TimeoutException:
+            log.warning("upstream_timeout", service=service, path=path)
+            return problem(504, "service_timeout", "A service did not answer in time",
+                           f"{service} did not answer in time", headers={"x-request-id": rid})
+        except httpx.TransportError:
+            log.warning("upstream_unavailable", service=service, path=path)
+            return problem(503, "service_unavailable", "A service is unavailable",
+                           f"{service} is unavailable", headers={"x-request-id": rid,
+                                                                  "retry-after": "1"})
+        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+        out_headers["x-request-id"] = rid
+        return Response(upstream.content, status_code=upstream.status_code, headers=out_headers)
+
+    return app
+
+
+async def merged_openapi(upstreams: Upstreams) -> dict[str, Any]:
+    """One document for the public API: every service's public paths under /api/v1."""
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "Group buying API", "version": "1.0.0",
+                 "description": "Community group buying: daily deals, group leaders, "
+                                "commissions. Money is integer fen (CNY)."},
+        "paths": {},
+        "components": {"schemas": {}, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+        "security": [{"bearer": []}],
+    }
+
+    async def fetch(service: str) -> tuple[str, dict | None]:
+        try:
+            r = await upstreams.client(service).get("/openapi.json", timeout=3.0)
+            return service, r.json() if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return service, None
+
+    for service, spec in await asyncio.gather(*(fetch(s) for s in SERVICES)):
+        if spec is None:
+            doc.setdefault("x-unavailable", []).append(service)
+            continue
+        schemas = spec.get("components", {}).get("schemas", {})
+        renames = {}
+        for name, schema in schemas.items():
+            existing = doc["components"]["schemas"].get(name)
+            if existing is not None and existing != schema:
+                renames[name] = f"{service}_{name}"
+        def fix(node: Any) -> Any:
+            if isinstance(node, dict):
+                out = {}
+                for k, v in node.items():
+                    if k == "$ref" and isinstance(v, str):
+                        target = v.rsplit("/", 1)[-1]
+                        out[k] = f"#/components/schemas/{renames.get(target, target)}"
+                    else:
+                        out[k] = fix(v)
+                return out
+            if isinstance(node, list):
+                return [fix(x) for x in node]
+            return node
+
+        for name, schema in schemas.items():
+            doc["components"]["schemas"][renames.get(name, name)] = fix(copy.deepcopy(schema))
+        for path, ops in spec.get("paths", {}).items():
+            if "/internal" in path or path in ("/healthz", "/readyz"):
+                continue
+            fixed = fix(ops)
+            for method, op in fixed.items():
+                if isinstance(op, dict):
+                    public = is_public(method.upper(), path.lstrip("/"))
+                    op["security"] = [] if public else [{"bearer": []}]
+                    op.setdefault("responses", {}).setdefault("default", {
+                        "description": "Problem (RFC 9457)",
+                        "content": {"application/problem+json": {"schema": {"type": "object"}}}})
+            doc["paths"][f"{PREFIX}{path}"] = fixed
+    return doc
+
+
+app = create_app()

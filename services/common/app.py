@@ -1,0 +1,143 @@
+"""The FastAPI app factory every service uses: errors, request ids, size limits,
+idempotency, health and readiness, all in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import APIRouter, FastAPI
+from sqlalchemy import text
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .db import get_db
+from .errors import install_error_handlers, problem
+from .idempotency import IdempotencyMiddleware
+from .logging import configure_logging
+from .settings import get_settings
+
+log = structlog.get_logger()
+
+
+class RequestContextMiddleware:
+    """Takes the gateway's X-Request-ID (or makes one), binds it to every log line."""
+
+    def __init__(self, app: ASGIApp, process: str) -> None:
+        self.app = app
+        self.process = process
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = None
+        for k, v in scope["headers"]:
+            if k == b"x-request-id":
+                rid = v.decode()[:100]
+        rid = rid or uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(request_id=rid)
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for k, v in scope["headers"]:
+            if k == b"content-length" and v.isdigit() and int(v) > self.max_bytes:
+                return await problem(413, "body_too_large", "Request body too large",
+                                     f"at most {self.max_bytes} bytes")(scope, receive, send)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except BodyTooLarge:
+            await problem(413, "body_too_large", "Request body too large",
+                          f"at most {self.max_bytes} bytes")(scope, receive, send)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def broker_reachable(timeout: float = 1.0) -> bool:
+    from .celery_app import celery
+
+    def check() -> bool:
+        with celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+        return True
+
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(check), timeout + 0.5)
+    except Exception:
+        return False
+
+
+def create_service_app(service: str, routers: Sequence[APIRouter], *,
+                       title: str, description: str = "",
+                       on_startup: Callable[[], Awaitable[None]] | None = None,
+                       on_shutdown: Callable[[], Awaitable[None]] | None = None) -> FastAPI:
+    configure_logging(service)
+    db = get_db(service)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if on_startup:
+            await on_startup()
+        yield
+        if on_shutdown:
+            await on_shutdown()
+        await db.dispose()
+
+    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
+    install_error_handlers(app)
+    for r in routers:
+        app.include_router(r)
+
+    @app.get("/healthz", tags=["health"], include_in_schema=False)
+    async def healthz() -> dict:
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", tags=["health"], include_in_schema=False)
+    async def readyz():
+        checks = {}
+        try:
+            async with db.session() as s:
+                await s.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception:
+            checks["database"] = "unreachable"
+        checks["broker"] = "ok" if await broker_reachable() else "unreachable"
+        if all(v == "ok" for v in checks.values()):
+            return {"status": "ready", "service": service, "checks": checks}
+        return problem(503, "not_ready", "Not ready", f"{service} is not ready", checks=checks)
+
+    app.add_middleware(IdempotencyMiddleware, db=db)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=get_settings().max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, process=service)
+    return app

@@ -1,0 +1,120 @@
+"""JWT issue/verify, the caller's identity, and role dependencies.
+
+Only HS256 with our own secret is accepted (no `none`, no algorithm taken from the
+token). Services verify the bearer token themselves as well as the gateway, so a
+request that bypasses the gateway is no more trusted than one through it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import jwt
+from fastapi import Depends, Request
+
+from .errors import Forbidden, Unauthorized
+from .settings import get_settings
+
+ALGORITHM = "HS256"
+ROLES = ("shopper", "leader", "staff")
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: int
+    roles: tuple[str, ...] = field(default_factory=tuple)
+    leader_id: int | None = None
+    name: str = ""
+
+    def has(self, role: str) -> bool:
+        return role in self.roles
+
+    @property
+    def is_staff(self) -> bool:
+        return "staff" in self.roles
+
+
+def issue_token(user_id: int, roles: list[str], leader_id: int | None = None, name: str = "",
+                ttl_s: int | None = None) -> str:
+    s = get_settings()
+    now = int(time.time())
+    claims = {
+        "sub": str(user_id),
+        "roles": list(roles),
+        "leader_id": leader_id,
+        "name": name,
+        "iss": s.jwt_issuer,
+        "iat": now,
+        "exp": now + (ttl_s if ttl_s is not None else s.jwt_ttl_s),
+    }
+    return jwt.encode(claims, s.jwt_secret, algorithm=ALGORITHM)
+
+
+def verify_token(token: str) -> Principal:
+    s = get_settings()
+    try:
+        claims = jwt.decode(token, s.jwt_secret, algorithms=[ALGORITHM], issuer=s.jwt_issuer,
+                            options={"require": ["exp", "iat", "sub", "iss"]})
+    except jwt.ExpiredSignatureError as e:
+        raise Unauthorized("token expired", code="token_expired") from e
+    except jwt.PyJWTError as e:
+        raise Unauthorized("invalid token", code="invalid_token") from e
+    roles = claims.get("roles") or []
+    if not isinstance(roles, list) or any(r not in ROLES for r in roles):
+        raise Unauthorized("invalid token", code="invalid_token")
+    try:
+        user_id = int(claims["sub"])
+    except (TypeError, ValueError) as e:
+        raise Unauthorized("invalid token", code="invalid_token") from e
+    leader_id = claims.get("leader_id")
+    return Principal(user_id=user_id, roles=tuple(roles),
+                     leader_id=int(leader_id) if leader_id is not None else None,
+                     name=str(claims.get("name") or ""))
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token.strip()
+
+
+def optional_principal(request: Request) -> Principal | None:
+    token = bearer_token(request)
+    return verify_token(token) if token else None
+
+
+def current_principal(request: Request) -> Principal:
+    token = bearer_token(request)
+    if not token:
+        raise Unauthorized("a bearer token is required", code="missing_token")
+    principal = verify_token(token)
+    request.state.principal = principal
+    return principal
+
+
+def require_roles(*roles: str):
+    def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        if not any(principal.has(r) for r in roles):
+            raise Forbidden(f"this route is for {' or '.join(roles)}", code="wrong_role")
+        return principal
+
+    return dependency
+
+
+def require_service_token(request: Request) -> None:
+    token = request.headers.get("x-service-token", "")
+    if not hmac.compare_digest(token.encode(), get_settings().service_token.encode()):
+        raise Forbidden("internal route: service token required", code="service_token_required")
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+Staff = Annotated[Principal, Depends(require_roles("staff"))]
+Shopper = Annotated[Principal, Depends(require_roles("shopper"))]
+Leader = Annotated[Principal, Depends(require_roles("leader"))]
+LeaderOrStaff = Annotated[Principal, Depends(require_roles("leader", "staff"))]
+ServiceCaller = Depends(require_service_token)

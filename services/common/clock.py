@@ -1,0 +1,59 @@
+"""An injectable clock: tests move time (cutoff, after-sales window, trial) without sleeping.
+
+Every process reads `now()`; the dev/test-only `/internal/clock` route and
+`CLOCK_OFFSET_FILE` let an e2e test shift all processes' time together.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+
+class Clock:
+    def __init__(self) -> None:
+        self._offset = timedelta(0)
+        self._offset_file = os.environ.get("CLOCK_OFFSET_FILE")
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self._read_offset()
+
+    def _read_offset(self) -> timedelta:
+        if self._offset_file:
+            try:
+                with open(self._offset_file) as f:
+                    return timedelta(seconds=float(f.read().strip() or 0))
+            except (FileNotFoundError, ValueError):
+                return timedelta(0)
+        return self._offset
+
+    def advance(self, delta: timedelta) -> None:
+        if self._offset_file:
+            current = self._read_offset() + delta
+            with open(self._offset_file, "w") as f:
+                f.write(str(current.total_seconds()))
+        else:
+            self._offset += delta
+
+    def reset(self) -> None:
+        self._offset = timedelta(0)
+        if self._offset_file and os.path.exists(self._offset_file):
+            os.remove(self._offset_file)
+
+
+clock = Clock()
+
+
+def local_today(tz: str) -> date:
+    return clock.now().astimezone(ZoneInfo(tz)).date()
+
+
+def local_datetime(day: date, at: time, tz: str) -> datetime:
+    """A wall-clock time on a day in the platform's zone, as an aware UTC datetime."""
+    return datetime.combine(day, at, tzinfo=ZoneInfo(tz)).astimezone(UTC)
+
+
+def parse_hhmm(value: str) -> time:
+    hours, minutes = value.split(":")
+    return time(int(hours), int(minutes))

@@ -1,0 +1,83 @@
+"""Async database access: one engine per service, each service in its own schema."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from .settings import get_settings
+
+
+def driver_url(url: str, driver: str) -> str:
+    """postgresql://... -> postgresql+<driver>://... (any driver already named is replaced)."""
+    scheme, rest = url.split("://", 1)
+    return f"postgresql+{driver}://{rest}" if scheme.startswith("postgres") else url
+
+
+class Database:
+    """The engine and session factory of one service (created lazily, once per process)."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.schema = service
+        self._engine: AsyncEngine | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            s = get_settings()
+            self._engine = create_async_engine(
+                driver_url(s.database_url_for(self.service), "asyncpg"),
+                pool_size=s.db_pool_size,
+                max_overflow=s.db_max_overflow,
+                pool_pre_ping=True,
+                connect_args={"server_settings": {"application_name": f"groupbuy-{self.service}",
+                                                  "timezone": "UTC"}},
+            )
+            self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
+        return self._engine
+
+    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        _ = self.engine
+        assert self._sessions is not None
+        return self._sessions
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessionmaker()() as session:
+            yield session
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessionmaker()() as session, session.begin():
+            yield session
+
+    async def dispose(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+            self._sessions = None
+
+
+def schema_metadata(schema: str) -> MetaData:
+    """A MetaData per service so each Alembic history sees only its own tables."""
+    return MetaData(schema=schema, naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    })
+
+
+_databases: dict[str, Database] = {}
+
+
+def get_db(service: str) -> Database:
+    if service not in _databases:
+        _databases[service] = Database(service)
+    return _databases[service]

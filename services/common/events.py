@@ -1,0 +1,176 @@
+"""Outbox and inbox: facts that happened travel between services reliably.
+
+* A producer writes the event to its own schema's `outbox` in the same transaction as
+  the change (`emit`). After commit, `kick` relays it to the broker; a periodic sweep
+  relays whatever a crash left behind. Publishing twice is allowed.
+* The worker's `events.dispatch` task fans an event out to each subscriber as its own
+  `events.consume` task, so one consumer's failure never blocks another's.
+* A consumer records the event id in its own `inbox` in the same transaction as its
+  effect (`consume`): a redelivered or concurrently delivered event is a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+import structlog
+from sqlalchemy import Column, DateTime, String, Table, func, text
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import SQLModel
+
+from .clock import clock
+
+log = structlog.get_logger()
+
+
+def outbox_table(schema: str) -> Table:
+    key = f"{schema}.outbox"
+    if key in SQLModel.metadata.tables:
+        return SQLModel.metadata.tables[key]
+    return Table(
+        "outbox", SQLModel.metadata,
+        Column("id", UUID(as_uuid=True), primary_key=True),
+        Column("topic", String(100), nullable=False),
+        Column("payload", JSONB, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("published_at", DateTime(timezone=True), nullable=True, index=True),
+        schema=schema,
+    )
+
+
+def inbox_table(schema: str) -> Table:
+    key = f"{schema}.inbox"
+    if key in SQLModel.metadata.tables:
+        return SQLModel.metadata.tables[key]
+    return Table(
+        "inbox", SQLModel.metadata,
+        Column("event_id", UUID(as_uuid=True), primary_key=True),
+        Column("consumer", String(120), primary_key=True),
+        Column("topic", String(100), nullable=False),
+        Column("handled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        schema=schema,
+    )
+
+
+def envelope(topic: str, payload: dict[str, Any], producer: str,
+             event_id: uuid.UUID | None = None) -> dict[str, Any]:
+    return {
+        "id": str(event_id or uuid.uuid4()),
+        "topic": topic,
+        "producer": producer,
+        "occurred_at": clock.now().isoformat(),
+        "payload": payload,
+    }
+
+
+async def emit(session: AsyncSession, schema: str, topic: str, payload: dict[str, Any],
+               event_id: uuid.UUID | None = None) -> uuid.UUID:
+    """Record an event in the producer's outbox, inside the caller's transaction."""
+    eid = event_id or uuid.uuid4()
+    env = envelope(topic, payload, schema, eid)
+    await session.execute(
+        text(f"INSERT INTO {schema}.outbox (id, topic, payload, created_at) "
+             "VALUES (:id, :topic, CAST(:payload AS jsonb), :at) ON CONFLICT (id) DO NOTHING"),
+        {"id": eid, "topic": topic, "payload": orjson.dumps(env).decode(), "at": clock.now()},
+    )
+    return eid
+
+
+def _publish(envelopes: list[dict[str, Any]]) -> None:
+    from .celery_app import celery
+
+    with celery.producer_or_acquire() as producer:
+        for env in envelopes:
+            celery.send_task("events.dispatch", args=[env], producer=producer,
+                             retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
+                                                       "interval_step": 0.5})
+
+
+async def relay_outbox(db, limit: int = 500) -> int:
+    """Publish unpublished events of one service; safe to run concurrently and repeatedly."""
+    schema = db.schema
+    total = 0
+    while True:
+        async with db.transaction() as s:
+            rows = (await s.execute(
+                text(f"SELECT id, payload FROM {schema}.outbox WHERE published_at IS NULL "
+                     "ORDER BY created_at LIMIT :n FOR UPDATE SKIP LOCKED"), {"n": limit})).all()
+            if not rows:
+                return total
+            await asyncio.to_thread(_publish, [r.payload for r in rows])
+            await s.execute(text(f"UPDATE {schema}.outbox SET published_at = now() "
+                                 "WHERE id = ANY(:ids)"), {"ids": [r.id for r in rows]})
+            total += len(rows)
+        if len(rows) < limit:
+            return total
+
+
+_pending: set[asyncio.Task] = set()
+
+
+def kick(db) -> None:
+    """Relay right after a commit, without making the request wait for the broker."""
+    async def _run() -> None:
+        try:
+            await relay_outbox(db)
+        except Exception:  # the periodic sweep will publish it
+            log.warning("outbox_relay_deferred", schema=db.schema, exc_info=True)
+
+    task = asyncio.get_running_loop().create_task(_run())
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+
+
+# --- consumers ---------------------------------------------------------------------------
+
+Handler = Callable[[AsyncSession, dict[str, Any], dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    name: str
+    service: str
+    topic: str
+    handler: Handler
+
+
+SUBSCRIPTIONS: dict[str, Subscription] = {}
+
+
+def subscribe(service: str, topic: str) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        name = f"{service}:{topic}:{handler.__name__}"
+        SUBSCRIPTIONS[name] = Subscription(name, service, topic, handler)
+        return handler
+
+    return register
+
+
+def subscribers_of(topic: str) -> list[Subscription]:
+    return [s for s in SUBSCRIPTIONS.values() if s.topic == topic]
+
+
+async def consume(db, subscription: Subscription, env: dict[str, Any]) -> bool:
+    """Apply an event once: the inbox row and the effect commit together or not at all."""
+    async with db.transaction() as s:
+        inserted = (await s.execute(
+            text(f"INSERT INTO {db.schema}.inbox (event_id, consumer, topic, handled_at) "
+                 "VALUES (:id, :consumer, :topic, :at) ON CONFLICT DO NOTHING RETURNING event_id"),
+            {"id": uuid.UUID(env["id"]), "consumer": subscription.name, "topic": env["topic"],
+             "at": clock.now()},
+        )).first()
+        if inserted is None:
+            return False
+        await subscription.handler(s, env["payload"], env)
+    return True
+
+
+def occurred_at(env: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(env["occurred_at"])

@@ -1,0 +1,146 @@
+"""`Idempotency-Key` on our own POSTs: the same key and body replay the first answer,
+the same key with another body is 409, a key still being worked on is 409.
+
+Keys are scoped per caller (token subject) and stored in the service's own schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+from sqlalchemy import Column, DateTime, Integer, LargeBinary, String, Table, func, text
+from sqlmodel import SQLModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .auth import verify_token
+from .clock import clock
+from .errors import DomainError, problem
+
+IN_PROGRESS_GRACE = timedelta(seconds=60)
+
+
+def idempotency_table(schema: str) -> Table:
+    key = f"{schema}.idempotency_keys"
+    if key in SQLModel.metadata.tables:
+        return SQLModel.metadata.tables[key]
+    return Table(
+        "idempotency_keys", SQLModel.metadata,
+        Column("key", String(300), primary_key=True),
+        Column("request_hash", String(64), nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("response_status", Integer, nullable=True),
+        Column("content_type", String(100), nullable=True),
+        Column("response_body", LargeBinary, nullable=True),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        schema=schema,
+    )
+
+
+class IdempotencyMiddleware:
+    def __init__(self, app: ASGIApp, db) -> None:
+        self.app = app
+        self.db = db
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        key = headers.get("idempotency-key")
+        if not key:
+            return await self.app(scope, receive, send)
+        if len(key) > 200:
+            return await problem(422, "invalid_idempotency_key", "Invalid Idempotency-Key",
+                                 "Idempotency-Key must be at most 200 characters")(scope, receive, send)
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        subject = "anonymous"
+        auth = headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            try:
+                subject = str(verify_token(auth[7:].strip()).user_id)
+            except DomainError:
+                subject = "invalid"
+        scoped = f"{subject}:{scope['path']}:{key}"
+        digest = hashlib.sha256(body).hexdigest()
+
+        replay = await self._claim(scoped, digest)
+        if replay is not None:
+            return await replay(scope, receive, send)
+
+        sent_body = False
+
+        async def replay_receive() -> Message:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        status = 500
+        content_type = "application/json"
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal status, content_type
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for k, v in message.get("headers", []):
+                    if k.decode().lower() == "content-type":
+                        content_type = v.decode()
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, replay_receive, capture)
+        finally:
+            await self._finish(scoped, status, content_type, b"".join(chunks))
+
+    async def _claim(self, scoped: str, digest: str):
+        schema = self.db.schema
+        async with self.db.transaction() as s:
+            claimed = (await s.execute(text(
+                f"INSERT INTO {schema}.idempotency_keys (key, request_hash, status, created_at) "
+                "VALUES (:k, :h, 'started', :now) ON CONFLICT (key) DO NOTHING RETURNING key"),
+                {"k": scoped, "h": digest, "now": clock.now()})).first()
+            if claimed:
+                return None
+            row = (await s.execute(text(
+                f"SELECT request_hash, status, response_status, content_type, response_body, "
+                f"created_at FROM {schema}.idempotency_keys WHERE key = :k FOR UPDATE"),
+                {"k": scoped})).first()
+            if row is None:
+                return problem(409, "idempotency_in_progress", "Request in progress",
+                               "a request with this Idempotency-Key is being processed")
+            if row.request_hash != digest:
+                return problem(409, "idempotency_key_reused", "Idempotency-Key reused",
+                               "this Idempotency-Key was used with a different request body")
+            if row.status == "done":
+                from starlette.responses import Response
+
+                return Response(row.response_body, status_code=row.response_status,
+                                media_type=row.content_type,
+                                headers={"Idempotent-Replayed": "true"})
+            if clock.now() - row.created_at < IN_PROGRESS_GRACE:
+                return problem(409, "idempotency_in_progress", "Request in progress",
+                               "a request with this Idempotency-Key is being processed")
+            await s.execute(text(f"UPDATE {schema}.idempotency_keys SET created_at = :now "
+                                 "WHERE key = :k"), {"k": scoped, "now": clock.now()})
+            return None
+
+    async def _finish(self, scoped: str, status: int, content_type: str, body: bytes) -> None:
+        schema = self.db.schema
+        async with self.db.transaction() as s:
+            if status >= 500 or status == 409 and b"idempotency" in body:
+                await s.execute(text(f"DELETE FROM {schema}.idempotency_keys WHERE key = :k "
+                                     "AND status = 'started'"), {"k": scoped})
+            else:
+                await s.execute(text(
+                    f"UPDATE {schema}.idempotency_keys SET status = 'done', response_status = :st, "
+                    "content_type = :ct, response_body = :b WHERE key = :k"),
+                    {"k": scoped, "st": status, "ct": content_type, "b": body})

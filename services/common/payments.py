@@ -1,0 +1,228 @@
+"""The payment provider behind a narrow interface (Stripe-compatible REST over httpx).
+
+The rest of the platform never sees the provider's JSON: it gets `Intent`, `Refund`
+and `Transfer` values and domain errors. Every mutating call carries an
+Idempotency-Key derived from our own ids; callers also store the provider's object id
+against their own record before acting on a retry, so correctness never depends on
+the provider honouring the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+
+from .errors import DomainError, PaymentFailed, PeerTimeout, PeerUnavailable
+from .settings import get_settings
+
+
+class PaymentDeclined(PaymentFailed):
+    code, title = "card_declined", "The card was declined"
+
+
+class ProviderRejected(DomainError):
+    status, code, title = 502, "payment_provider_error", "The payment provider refused the call"
+
+
+class InvalidSignature(DomainError):
+    status, code, title = 400, "invalid_signature", "Webhook signature is missing or wrong"
+
+
+@dataclass(frozen=True)
+class Intent:
+    id: str
+    status: str
+    amount_fen: int
+    currency: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    error_code: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+
+@dataclass(frozen=True)
+class Refund:
+    id: str
+    status: str
+    amount_fen: int
+
+
+@dataclass(frozen=True)
+class Transfer:
+    id: str
+    amount_fen: int
+    destination: str
+
+
+def _form(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for k, v in data.items():
+        key = f"{prefix}[{k}]" if prefix else k
+        if v is None:
+            continue
+        if isinstance(v, dict):
+            out.extend(_form(v, key))
+        elif isinstance(v, bool):
+            out.append((key, "true" if v else "false"))
+        else:
+            out.append((key, str(v)))
+    return out
+
+
+def _intent(obj: dict[str, Any]) -> Intent:
+    err = obj.get("last_payment_error") or {}
+    return Intent(id=obj["id"], status=obj["status"], amount_fen=int(obj["amount"]),
+                  currency=str(obj["currency"]).upper(), metadata=dict(obj.get("metadata") or {}),
+                  error_code=err.get("code"))
+
+
+class PaymentProvider:
+    def __init__(self, base_url: str | None = None, api_key: str | None = None) -> None:
+        self._base_url = base_url
+        self._api_key = api_key
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            s = get_settings()
+            self._client = httpx.AsyncClient(
+                base_url=self._base_url or s.payments_api_base,
+                auth=(self._api_key or s.payments_api_key, ""),
+                timeout=httpx.Timeout(s.payments_timeout_s, connect=2.0),
+                limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+            )
+        return self._client
+
+    async def _call(self, method: str, path: str, data: dict[str, Any] | None = None,
+                    idempotency_key: str | None = None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        try:
+            if method == "GET":
+                resp = await self.client.get(path, params=_form(data or {}), headers=headers)
+            else:
+                resp = await self.client.post(path, data=dict(_form(data or {})), headers=headers)
+        except httpx.TimeoutException as e:
+            raise PeerTimeout("the payment provider did not answer in time",
+                              code="payment_provider_timeout") from e
+        except httpx.TransportError as e:
+            raise PeerUnavailable("the payment provider is unavailable",
+                                  code="payment_provider_unavailable") from e
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        if resp.status_code == 402:
+            err = body.get("error") or {}
+            raise PaymentDeclined(err.get("message") or "The card was declined",
+                                  code=err.get("code") or "card_declined")
+        if resp.status_code >= 500:
+            raise PeerUnavailable("the payment provider failed", code="payment_provider_unavailable")
+        if resp.status_code >= 400:
+            err = body.get("error") or {}
+            raise ProviderRejected(err.get("message") or f"provider answered {resp.status_code}")
+        return body
+
+    async def create_intent(self, amount_fen: int, *, idempotency_key: str,
+                            metadata: dict[str, Any], currency: str | None = None) -> Intent:
+        body = await self._call("POST", "/v1/payment_intents", {
+            "amount": amount_fen, "currency": (currency or get_settings().currency).lower(),
+            "metadata": metadata}, idempotency_key)
+        return _intent(body)
+
+    async def confirm_intent(self, intent_id: str, payment_method: str, *,
+                             idempotency_key: str) -> Intent:
+        body = await self._call("POST", f"/v1/payment_intents/{intent_id}/confirm",
+                                {"payment_method": payment_method}, idempotency_key)
+        return _intent(body)
+
+    async def create_card_method(self, card: dict[str, Any], *, idempotency_key: str) -> str:
+        body = await self._call("POST", "/v1/payment_methods", {"type": "card", "card": card},
+                                idempotency_key)
+        return body["id"]
+
+    async def retrieve_intent(self, intent_id: str) -> Intent:
+        return _intent(await self._call("GET", f"/v1/payment_intents/{intent_id}"))
+
+    async def cancel_intent(self, intent_id: str, *, idempotency_key: str) -> Intent:
+        return _intent(await self._call("POST", f"/v1/payment_intents/{intent_id}/cancel", {},
+                                        idempotency_key))
+
+    async def refund(self, intent_id: str, amount_fen: int, *, idempotency_key: str,
+                     metadata: dict[str, Any] | None = None) -> Refund:
+        body = await self._call("POST", "/v1/refunds", {
+            "payment_intent": intent_id, "amount": amount_fen, "metadata": metadata or {}},
+            idempotency_key)
+        return Refund(id=body["id"], status=body.get("status", "succeeded"),
+                      amount_fen=int(body["amount"]))
+
+    async def create_account(self, *, idempotency_key: str, metadata: dict[str, Any]) -> str:
+        body = await self._call("POST", "/v1/accounts", {"type": "custom", "country": "CN",
+                                                         "metadata": metadata}, idempotency_key)
+        return body["id"]
+
+    async def transfer(self, amount_fen: int, destination: str, *, idempotency_key: str,
+                       metadata: dict[str, Any] | None = None) -> Transfer:
+        body = await self._call("POST", "/v1/transfers", {
+            "amount": amount_fen, "currency": get_settings().currency.lower(),
+            "destination": destination, "metadata": metadata or {}}, idempotency_key)
+        return Transfer(id=body["id"], amount_fen=int(body["amount"]), destination=destination)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def sign_webhook(payload: bytes, secret: str, timestamp: int | None = None) -> str:
+    ts = int(time.time()) if timestamp is None else timestamp
+    sig = hmac.new(secret.encode(), f"{ts}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={ts},v1={sig}"
+
+
+def verify_webhook(payload: bytes, header: str | None, *, secret: str | None = None,
+                   tolerance_s: int | None = None, now: float | None = None) -> dict[str, Any]:
+    """Check a `Stripe-Signature` header (t=...,v1=...) and return the parsed event."""
+    s = get_settings()
+    secret = secret or s.payments_webhook_secret
+    tolerance = s.payments_webhook_tolerance_s if tolerance_s is None else tolerance_s
+    if not header:
+        raise InvalidSignature("missing Stripe-Signature header", code="missing_signature")
+    parts: dict[str, list[str]] = {}
+    for item in header.split(","):
+        k, _, v = item.strip().partition("=")
+        parts.setdefault(k, []).append(v)
+    try:
+        ts = int(parts["t"][0])
+    except (KeyError, ValueError, IndexError) as e:
+        raise InvalidSignature("malformed Stripe-Signature header") from e
+    expected = hmac.new(secret.encode(), f"{ts}.".encode() + payload, hashlib.sha256).hexdigest()
+    if not any(hmac.compare_digest(expected, v) for v in parts.get("v1", [])):
+        raise InvalidSignature("signature does not match")
+    if abs((now if now is not None else time.time()) - ts) > tolerance:
+        raise InvalidSignature("signature timestamp outside the tolerance", code="stale_signature")
+    try:
+        event = orjson.loads(payload)
+    except orjson.JSONDecodeError as e:
+        raise InvalidSignature("payload is not JSON", code="invalid_payload") from e
+    if not isinstance(event, dict) or "id" not in event or "type" not in event:
+        raise InvalidSignature("payload is not an event", code="invalid_payload")
+    return event
+
+
+_provider: PaymentProvider | None = None
+
+
+def get_provider() -> PaymentProvider:
+    global _provider
+    if _provider is None:
+        _provider = PaymentProvider()
+    return _provider

@@ -1,0 +1,149 @@
+"""Every setting of the platform, read from the environment.
+
+Defaults work on a bare development machine; `ENVIRONMENT=production` refuses the
+development-only ones (dev identity provider, default secrets, default staff password).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789"
+DEV_SERVICE_TOKEN = "dev-only-service-token"
+DEV_WEBHOOK_SECRET = "whsec_dev_only"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+
+    # --- infrastructure -------------------------------------------------------------
+    # One PostgreSQL holds one schema per service; each service may point elsewhere.
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/groupbuy"
+    catalog_database_url: str | None = None
+    orders_database_url: str | None = None
+    leaders_database_url: str | None = None
+    settlement_database_url: str | None = None
+    db_pool_size: int = 10
+    db_max_overflow: int = 10
+
+    celery_broker_url: str = "redis://127.0.0.1:6379/0"
+    celery_queue: str = "groupbuy"
+
+    # --- where each piece listens (the gateway and the services find each other here)
+    gateway_port: int = 8000
+    catalog_url: str = "http://127.0.0.1:8101"
+    orders_url: str = "http://127.0.0.1:8102"
+    leaders_url: str = "http://127.0.0.1:8103"
+    settlement_url: str = "http://127.0.0.1:8104"
+    # how long the gateway / a service waits for a peer before answering 503 / 504
+    peer_connect_timeout_s: float = 0.5
+    peer_read_timeout_s: float = 10.0
+
+    # --- security ----------------------------------------------------------------------
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_issuer: str = "groupbuy"
+    jwt_ttl_s: int = 7 * 24 * 3600
+    service_token: str = DEV_SERVICE_TOKEN
+    staff_username: str = "staff"
+    staff_password: str = "staff"
+    dev_identity_provider: bool = True
+    wechat_code2session_url: str = "https://api.weixin.qq.com/sns/jscode2session"
+    wechat_app_id: str = ""
+    wechat_app_secret: str = ""
+    # per client (token subject, else IP) and a stricter one for login routes
+    rate_limit_per_minute: int = 1200
+    auth_rate_limit_per_minute: int = 60
+    pickup_rate_limit_per_minute: int = 30
+    max_body_bytes: int = 256 * 1024
+
+    # --- payment provider (Stripe-compatible) -------------------------------------------
+    payments_api_base: str = "http://127.0.0.1:8420"
+    payments_api_key: str = "sk_test_groupbuy"
+    payments_webhook_secret: str = DEV_WEBHOOK_SECRET
+    payments_webhook_tolerance_s: int = 300
+    payments_timeout_s: float = 10.0
+    currency: str = "CNY"
+
+    # --- the business's defaults (DOMAIN.md) --------------------------------------------
+    timezone: str = "Asia/Shanghai"
+    cutoff_time: str = "23:00"
+    pickup_days_after: int = 1
+    min_deals_per_day: int = 8
+    max_deals_per_day: int = 10
+    reservation_ttl_minutes: int = 15
+    after_sales_window_hours: int = 48
+    commission_release_days: int = 7
+    rate_preparation: Decimal = Decimal("0")
+    rate_standard: Decimal = Decimal("0.12")
+    rate_advanced: Decimal = Decimal("0.14")
+    rate_core: Decimal = Decimal("0.16")
+    min_group_size: int = 100
+    nearby_radius_km: float = 5.0
+    deposit_fen: int = 16800
+    min_withdrawal_fen: int = 1000
+
+    # --- events and schedules -------------------------------------------------------------
+    outbox_sweep_interval_s: float = 5.0
+    reservation_expiry_interval_s: float = 60.0
+    event_max_retries: int = 20
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    demo_seed: bool = True
+    data_dir: str = ".data"
+
+    @model_validator(mode="after")
+    def _refuse_dev_values_in_production(self) -> Settings:
+        if self.environment == "production":
+            bad = []
+            if self.jwt_secret == DEV_JWT_SECRET:
+                bad.append("JWT_SECRET")
+            if self.service_token == DEV_SERVICE_TOKEN:
+                bad.append("SERVICE_TOKEN")
+            if self.payments_webhook_secret == DEV_WEBHOOK_SECRET:
+                bad.append("PAYMENTS_WEBHOOK_SECRET")
+            if self.staff_password == "staff":
+                bad.append("STAFF_PASSWORD")
+            if self.dev_identity_provider:
+                bad.append("DEV_IDENTITY_PROVIDER (must be false)")
+            if bad:
+                raise ValueError("production settings still hold development values: " + ", ".join(bad))
+        return self
+
+    def database_url_for(self, service: str) -> str:
+        return getattr(self, f"{service}_database_url", None) or self.database_url
+
+    def service_url(self, service: str) -> str:
+        return getattr(self, f"{service}_url")
+
+    def rate_for_tier(self, tier: str) -> Decimal:
+        return getattr(self, f"rate_{tier}")
+
+
+class _Holder:
+    settings: Settings | None = None
+
+
+@lru_cache(maxsize=1)
+def _load() -> Settings:
+    return Settings()
+
+
+def get_settings() -> Settings:
+    return _Holder.settings or _load()
+
+
+def override_settings(settings: Settings | None) -> None:
+    """Tests and the CLI may install settings built in code."""
+    _Holder.settings = settings
+
+
+SERVICES = ("catalog", "orders", "leaders", "settlement")

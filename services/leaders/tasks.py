@@ -1,0 +1,1 @@
+"""Events and jobs the leaders service handles (tier evaluation arrives with its issue)."""

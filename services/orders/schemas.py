@@ -1,0 +1,129 @@
+from datetime import date, datetime
+from decimal import Decimal
+
+from pydantic import BaseModel, Field, model_validator
+
+
+class OrderItemIn(BaseModel):
+    deal_id: int = Field(gt=0)
+    quantity: int = Field(gt=0, le=1000)
+
+
+class OrderIn(BaseModel):
+    items: list[OrderItemIn] = Field(min_length=1, max_length=20)
+
+
+class CardIn(BaseModel):
+    number: str = Field(pattern=r"^[0-9]{12,19}$")
+    exp_month: int = Field(ge=1, le=12)
+    exp_year: int = Field(ge=2000, le=2100)
+    cvc: str = Field(pattern=r"^[0-9]{3,4}$")
+
+
+class PayIn(BaseModel):
+    payment_method: str | None = Field(default=None, min_length=3, max_length=100,
+                                       pattern=r"^pm_[A-Za-z0-9_]+$")
+    card: CardIn | None = Field(default=None, description="test/dev cards by number")
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.payment_method is None) == (self.card is None):
+            raise ValueError("give exactly one of payment_method or card")
+        return self
+
+
+class LineOut(BaseModel):
+    id: int
+    deal_id: int
+    product_id: int
+    product_name: str
+    unit_price_fen: int
+    quantity: int
+    amount_fen: int
+    status: str
+    refunded_quantity: int
+    refunded_fen: int
+
+
+class PaymentOut(BaseModel):
+    intent_id: str | None
+    status: str
+    amount_fen: int
+    currency: str
+
+
+class OrderOut(BaseModel):
+    id: int
+    status: str
+    shopper_id: int
+    leader_id: int
+    leader_tier: str
+    commission_rate: Decimal
+    sale_date: date
+    pickup_date: date
+    total_fen: int
+    refunded_fen: int
+    currency: str
+    lines: list[LineOut]
+    payment: PaymentOut
+    pickup_code: str | None = None
+    expires_at: datetime
+    created_at: datetime
+    paid_at: datetime | None
+    picked_up_at: datetime | None
+    cancel_reason: str | None
+
+
+class PickupIn(BaseModel):
+    pickup_code: str = Field(min_length=1, max_length=32)
+
+
+class DeliveryLineOut(BaseModel):
+    deal_id: int
+    product_id: int
+    product: str
+    quantity: int
+
+
+class DeliveryListOut(BaseModel):
+    id: int
+    sale_date: date
+    pickup_date: date
+    leader_id: int
+    status: str
+    lines: list[DeliveryLineOut]
+    orders: list[int]
+
+
+class SortingLeaderOut(BaseModel):
+    leader_id: int
+    quantity: int
+
+
+class SortingRowOut(BaseModel):
+    deal_id: int
+    product_id: int
+    product: str
+    total_quantity: int
+    leaders: list[SortingLeaderOut]
+
+
+class SortingListOut(BaseModel):
+    pickup_date: date
+    products: list[SortingRowOut]
+
+
+class CutoffDealOut(BaseModel):
+    deal_id: int
+    paid_quantity: int
+    group_threshold: int
+    outcome: str
+
+
+class CutoffOut(BaseModel):
+    sale_date: date
+    deals: list[CutoffDealOut]
+    orders_confirmed: int
+    orders_cancelled: int
+    lines_refunded: int
+    delivery_lists: int

@@ -1,0 +1,92 @@
+"""Settlement tables: commissions and the append-only double-entry ledger."""
+
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from sqlalchemy import CheckConstraint, Column, Index, Numeric
+from sqlmodel import Field, SQLModel
+
+from services.common.models import plumbing_tables, ts_field
+
+SCHEMA = "settlement"
+plumbing_tables(SCHEMA)
+
+
+class CommissionStatus(StrEnum):
+    pending = "pending"
+    available = "available"
+    reversed = "reversed"
+
+
+class Commission(SQLModel, table=True):
+    """One leader's commission on one order line (DOMAIN.md: "Commission per order line")."""
+
+    __tablename__ = "commissions"
+    __table_args__ = (
+        Index("ix_commissions_leader", "leader_id", "id"),
+        Index("ix_commissions_release", "available_at", postgresql_where="status = 'pending'"),
+        {"schema": SCHEMA},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_line_id: int = Field(unique=True)
+    order_id: int = Field(index=True)
+    leader_id: int
+    leader_tier: str = Field(max_length=16)
+    base_fen: int
+    rate: Decimal = Field(sa_column=Column(Numeric(5, 4), nullable=False))
+    amount_fen: int
+    status: str = Field(default=CommissionStatus.pending, max_length=16)
+    picked_up_at: datetime = ts_field()
+    available_at: datetime = ts_field()
+    created_at: datetime = ts_field(default_now=True)
+
+
+class Account(SQLModel, table=True):
+    """A ledger account. `balance_fen` is maintained in the same transaction as the entries
+    that move it, and the CHECK makes a negative leader balance impossible."""
+
+    __tablename__ = "accounts"
+    __table_args__ = (
+        CheckConstraint("allow_negative OR balance_fen >= 0", name="non_negative_balance"),
+        {"schema": SCHEMA},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    code: str = Field(max_length=100, unique=True)
+    leader_id: int | None = Field(default=None, index=True)
+    kind: str = Field(max_length=32)
+    currency: str = Field(default="CNY", max_length=3)
+    allow_negative: bool = Field(default=False)
+    balance_fen: int = Field(default=0)
+
+
+class LedgerTransaction(SQLModel, table=True):
+    __tablename__ = "ledger_transactions"
+    __table_args__ = ({"schema": SCHEMA},)
+
+    id: int | None = Field(default=None, primary_key=True)
+    # what caused it, e.g. `commission:<line id>`: posting the same reference twice is a no-op
+    reference: str = Field(max_length=200, unique=True)
+    kind: str = Field(max_length=32)
+    memo: str = Field(default="", max_length=500)
+    created_at: datetime = ts_field(default_now=True)
+
+
+class LedgerEntry(SQLModel, table=True):
+    """Append-only: never updated or deleted (a trigger refuses it); corrections are new entries."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        Index("ix_ledger_entries_account", "account_id", "id"),
+        CheckConstraint("amount_fen <> 0", name="non_zero"),
+        {"schema": SCHEMA},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    transaction_id: int = Field(foreign_key=f"{SCHEMA}.ledger_transactions.id", index=True)
+    account_id: int = Field(foreign_key=f"{SCHEMA}.accounts.id")
+    amount_fen: int
+    currency: str = Field(default="CNY", max_length=3)
+    created_at: datetime = ts_field(default_now=True)
