@@ -32,9 +32,19 @@ from .routing import AUTH_PATHS, PICKUP_PATHS, is_public, service_for
 
 log = structlog.get_logger()
 PREFIX = "/api/v1"
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-              "trailers", "transfer-encoding", "upgrade", "host", "content-length",
-              "content-encoding"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "content-encoding",
+}
 
 
 class Upstreams:
@@ -47,7 +57,8 @@ class Upstreams:
             self.clients[service] = httpx.AsyncClient(
                 base_url=s.service_url(service),
                 timeout=httpx.Timeout(s.peer_read_timeout_s, connect=s.peer_connect_timeout_s),
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=100))
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+            )
         return self.clients[service]
 
     async def aclose(self) -> None:
@@ -70,8 +81,14 @@ def create_app() -> FastAPI:
         yield
         await upstreams.aclose()
 
-    app = FastAPI(title="Group buying API", version="1.0.0", lifespan=lifespan,
-                  openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Group buying API",
+        version="1.0.0",
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
     install_error_handlers(app)
 
     @app.get("/healthz", include_in_schema=False)
@@ -90,8 +107,13 @@ def create_app() -> FastAPI:
         checks = dict(await asyncio.gather(*(check(s) for s in SERVICES)))
         if all(v == "ok" for v in checks.values()):
             return {"status": "ready", "checks": checks}
-        return problem(503, "not_ready", "Not ready", "a service behind the gateway is not ready",
-                       checks=checks)
+        return problem(
+            503,
+            "not_ready",
+            "Not ready",
+            "a service behind the gateway is not ready",
+            checks=checks,
+        )
 
     @app.get(f"{PREFIX}/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:
@@ -104,11 +126,13 @@ def create_app() -> FastAPI:
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=f"{PREFIX}/openapi.json",
-                                   title="Group buying API")
+        return get_swagger_ui_html(openapi_url=f"{PREFIX}/openapi.json", title="Group buying API")
 
-    @app.api_route(f"{PREFIX}/{{path:path}}",
-                   methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    @app.api_route(
+        f"{PREFIX}/{{path:path}}",
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
+    )
     async def proxy(path: str, request: Request) -> Response:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(request_id=rid)
@@ -124,8 +148,13 @@ def create_app() -> FastAPI:
     async def forward(path: str, request: Request, rid: str) -> Response:
         service = service_for(path)
         if service is None:
-            return problem(404, "not_found", "Not found", f"no route {PREFIX}/{path}",
-                           headers={"x-request-id": rid})
+            return problem(
+                404,
+                "not_found",
+                "Not found",
+                f"no route {PREFIX}/{path}",
+                headers={"x-request-id": rid},
+            )
         client_ip = request.client.host if request.client else "unknown"
         token = bearer_token(request)
         principal = None
@@ -136,8 +165,13 @@ def create_app() -> FastAPI:
                 if not is_public(request.method, path):
                     raise
         if principal is None and not is_public(request.method, path):
-            return problem(401, "missing_token", "Unauthorized", "a bearer token is required",
-                           headers={"www-authenticate": "Bearer", "x-request-id": rid})
+            return problem(
+                401,
+                "missing_token",
+                "Unauthorized",
+                "a bearer token is required",
+                headers={"www-authenticate": "Bearer", "x-request-id": rid},
+            )
         client_key = f"user:{principal.user_id}" if principal else f"ip:{client_ip}"
         checks = [(general, client_key)]
         if AUTH_PATHS.match(path):
@@ -148,32 +182,52 @@ def create_app() -> FastAPI:
         for limiter, key in checks:
             wait = limiter.take(key)
             if wait > 0:
-                return problem(429, "rate_limited", "Too many requests",
-                               "slow down and retry later",
-                               headers={"retry-after": str(max(1, math.ceil(wait))),
-                                        "x-request-id": rid})
+                return problem(
+                    429,
+                    "rate_limited",
+                    "Too many requests",
+                    "slow down and retry later",
+                    headers={"retry-after": str(max(1, math.ceil(wait))), "x-request-id": rid},
+                )
 
         body = await request.body()
         if len(body) > settings.max_body_bytes:
-            return problem(413, "body_too_large", "Request body too large",
-                           f"at most {settings.max_body_bytes} bytes")
+            return problem(
+                413,
+                "body_too_large",
+                "Request body too large",
+                f"at most {settings.max_body_bytes} bytes",
+            )
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         headers["x-request-id"] = rid
         headers["x-forwarded-for"] = client_ip
         headers.pop("x-service-token", None)
         try:
             upstream = await upstreams.client(service).request(
-                request.method, f"/{path}", params=list(request.query_params.multi_items()),
-                content=body, headers=headers)
+                request.method,
+                f"/{path}",
+                params=list(request.query_params.multi_items()),
+                content=body,
+                headers=headers,
+            )
         except httpx.TimeoutException:
             log.warning("upstream_timeout", service=service, path=path)
-            return problem(504, "service_timeout", "A service did not answer in time",
-                           f"{service} did not answer in time", headers={"x-request-id": rid})
+            return problem(
+                504,
+                "service_timeout",
+                "A service did not answer in time",
+                f"{service} did not answer in time",
+                headers={"x-request-id": rid},
+            )
         except httpx.TransportError:
             log.warning("upstream_unavailable", service=service, path=path)
-            return problem(503, "service_unavailable", "A service is unavailable",
-                           f"{service} is unavailable", headers={"x-request-id": rid,
-                                                                  "retry-after": "1"})
+            return problem(
+                503,
+                "service_unavailable",
+                "A service is unavailable",
+                f"{service} is unavailable",
+                headers={"x-request-id": rid, "retry-after": "1"},
+            )
         out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
         out_headers["x-request-id"] = rid
         return Response(upstream.content, status_code=upstream.status_code, headers=out_headers)
@@ -185,12 +239,19 @@ async def merged_openapi(upstreams: Upstreams) -> dict[str, Any]:
     """One document for the public API: every service's public paths under /api/v1."""
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
-        "info": {"title": "Group buying API", "version": "1.0.0",
-                 "description": "Community group buying: daily deals, group leaders, "
-                                "commissions. Money is integer fen (CNY)."},
+        "info": {
+            "title": "Group buying API",
+            "version": "1.0.0",
+            "description": "Community group buying: daily deals, group leaders, "
+            "commissions. Money is integer fen (CNY).",
+        },
         "paths": {},
-        "components": {"schemas": {}, "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+        "components": {
+            "schemas": {},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
         "security": [{"bearer": []}],
     }
 
@@ -211,7 +272,8 @@ async def merged_openapi(upstreams: Upstreams) -> dict[str, Any]:
             existing = doc["components"]["schemas"].get(name)
             if existing is not None and existing != schema:
                 renames[name] = f"{service}_{name}"
-        def fix(node: Any) -> Any:
+
+        def fix(node: Any, renames: dict = renames) -> Any:
             if isinstance(node, dict):
                 out = {}
                 for k, v in node.items():
@@ -235,9 +297,13 @@ async def merged_openapi(upstreams: Upstreams) -> dict[str, Any]:
                 if isinstance(op, dict):
                     public = is_public(method.upper(), path.lstrip("/"))
                     op["security"] = [] if public else [{"bearer": []}]
-                    op.setdefault("responses", {}).setdefault("default", {
-                        "description": "Problem (RFC 9457)",
-                        "content": {"application/problem+json": {"schema": {"type": "object"}}}})
+                    op.setdefault("responses", {}).setdefault(
+                        "default",
+                        {
+                            "description": "Problem (RFC 9457)",
+                            "content": {"application/problem+json": {"schema": {"type": "object"}}},
+                        },
+                    )
             doc["paths"][f"{PREFIX}{path}"] = fixed
     return doc
 

@@ -37,7 +37,10 @@ class RateLimiter:
         return (1 - b.tokens) / self.rate if self.rate > 0 else math.inf
 
     def _evict(self, now: float) -> None:
-        full = [k for k, b in self._buckets.items()
-                if b.tokens + (now - b.updated) * self.rate >= self.capacity]
+        full = [
+            k
+            for k, b in self._buckets.items()
+            if b.tokens + (now - b.updated) * self.rate >= self.capacity
+        ]
         for k in full or list(self._buckets)[: len(self._buckets) // 2]:
             self._buckets.pop(k, None)

@@ -39,16 +39,23 @@ class Infra:
     def __init__(self) -> None:
         self.handles: list = []
         self.run_id = uuid.uuid4().hex[:8]
-        self.supervisor = devstack.Supervisor(DATA / "run" / self.run_id, log_dir=DATA / "logs" / self.run_id)
+        self.supervisor = devstack.Supervisor(
+            DATA / "run" / self.run_id, log_dir=DATA / "logs" / self.run_id
+        )
         self.server_url = _postgres_server(self.handles)
         self.db_name = f"groupbuy_test_{self.run_id}"
         self.database_url = devstack.create_database(self.server_url, self.db_name, drop_first=True)
-        self.broker_url = (os.environ.get("CELERY_BROKER_URL") or devstack.local_redis_url()
-                           or devstack.embedded_redis(self.supervisor, DATA))
+        self.broker_url = (
+            os.environ.get("CELERY_BROKER_URL")
+            or devstack.local_redis_url()
+            or devstack.embedded_redis(self.supervisor, DATA)
+        )
         self.queue = f"groupbuy-test-{self.run_id}"
         self.clock_file = DATA / f"clock-{self.run_id}"
-        self.ports = {name: devstack.free_port() for name in
-                      ("gateway", "catalog", "orders", "leaders", "settlement", "payments")}
+        self.ports = {
+            name: devstack.free_port()
+            for name in ("gateway", "catalog", "orders", "leaders", "settlement", "payments")
+        }
         self.env = {
             "ENVIRONMENT": "test",
             "CELERY_QUEUE": self.queue,
@@ -73,9 +80,15 @@ class Infra:
     def start_platform(self) -> devstack.Platform:
         if self.platform is None:
             self.platform = devstack.start_platform(
-                data_dir=DATA, database_url=self.database_url, broker_url=self.broker_url,
-                payments_base=None, ports=self.ports, extra_env=self.env,
-                supervisor=self.supervisor, handles=self.handles)
+                data_dir=DATA,
+                database_url=self.database_url,
+                broker_url=self.broker_url,
+                payments_base=None,
+                ports=self.ports,
+                extra_env=self.env,
+                supervisor=self.supervisor,
+                handles=self.handles,
+            )
         return self.platform
 
     def close(self) -> None:

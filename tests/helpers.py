@@ -37,12 +37,14 @@ class Api:
         return await self.http.get(path, headers=self._headers(kw.pop("headers", None)), **kw)
 
     async def post(self, path: str, json=None, **kw) -> httpx.Response:
-        return await self.http.post(path, json=json, headers=self._headers(kw.pop("headers", None)),
-                                    **kw)
+        return await self.http.post(
+            path, json=json, headers=self._headers(kw.pop("headers", None)), **kw
+        )
 
     async def put(self, path: str, json=None, **kw) -> httpx.Response:
-        return await self.http.put(path, json=json, headers=self._headers(kw.pop("headers", None)),
-                                   **kw)
+        return await self.http.put(
+            path, json=json, headers=self._headers(kw.pop("headers", None)), **kw
+        )
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -80,9 +82,15 @@ async def make_products(api: Api, n: int, price: int = 1500) -> list[dict]:
     tag = uuid.uuid4().hex[:8]
     out = []
     for i in range(n):
-        r = await api.post("/catalog/products", json={
-            "sku": f"T-{tag}-{i}", "name": f"Test product {i}", "category": CATEGORIES[i % 4],
-            "list_price_fen": price})
+        r = await api.post(
+            "/catalog/products",
+            json={
+                "sku": f"T-{tag}-{i}",
+                "name": f"Test product {i}",
+                "category": CATEGORIES[i % 4],
+                "list_price_fen": price,
+            },
+        )
         assert r.status_code == 201, r.text
         out.append(r.json())
     return out
@@ -93,8 +101,16 @@ async def publish_day(api: Api, day: date, deals: list[dict]) -> list[dict]:
     specs = list(deals)
     if len(specs) < 8:
         extra = await make_products(api, 8 - len(specs))
-        specs += [{"product_id": p["id"], "group_price_fen": 1000, "stock": 100,
-                   "per_shopper_limit": 10, "group_threshold": 0} for p in extra]
+        specs += [
+            {
+                "product_id": p["id"],
+                "group_price_fen": 1000,
+                "stock": 100,
+                "per_shopper_limit": 10,
+                "group_threshold": 0,
+            }
+            for p in extra
+        ]
     created = []
     for spec in specs:
         r = await api.post(f"/catalog/days/{day.isoformat()}/deals", json=spec)

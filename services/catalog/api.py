@@ -10,13 +10,25 @@ from services.common.events import kick
 from services.common.pagination import Page, PageDep, make_page
 
 from . import service
-from .schemas import CloseOut, DealIn, DealOut, ProductIn, ProductOut, ReservationIn, \
-    ReservationOut, SaleDayOut
+from .schemas import (
+    CloseOut,
+    DealIn,
+    DealOut,
+    ProductIn,
+    ProductOut,
+    ReservationIn,
+    ReservationOut,
+    SaleDayOut,
+)
 
 db = get_db("catalog")
 router = APIRouter(prefix="/catalog", tags=["catalog"])
-internal = APIRouter(prefix="/internal", tags=["internal"],
-                     dependencies=[Depends(require_service_token)], include_in_schema=False)
+internal = APIRouter(
+    prefix="/internal",
+    tags=["internal"],
+    dependencies=[Depends(require_service_token)],
+    include_in_schema=False,
+)
 
 
 def _product(p) -> ProductOut:
@@ -24,18 +36,31 @@ def _product(p) -> ProductOut:
 
 
 def _deal(d, p) -> DealOut:
-    return DealOut(id=d.id, sale_date=d.sale_date, product=_product(p),
-                   group_price_fen=d.group_price_fen, list_price_fen=d.list_price_fen,
-                   stock=d.stock, remaining=d.stock - d.reserved, ordered=d.reserved,
-                   per_shopper_limit=d.per_shopper_limit, group_threshold=d.group_threshold,
-                   outcome=d.outcome)
+    return DealOut(
+        id=d.id,
+        sale_date=d.sale_date,
+        product=_product(p),
+        group_price_fen=d.group_price_fen,
+        list_price_fen=d.list_price_fen,
+        stock=d.stock,
+        remaining=d.stock - d.reserved,
+        ordered=d.reserved,
+        per_shopper_limit=d.per_shopper_limit,
+        group_threshold=d.group_threshold,
+        outcome=d.outcome,
+    )
 
 
 async def _day(s, sale_day) -> SaleDayOut:
     deals = await service.deals_of(s, sale_day.sale_date)
-    return SaleDayOut(date=sale_day.sale_date, status=sale_day.status,
-                      opens_at=sale_day.published_at, cutoff_at=sale_day.cutoff_at,
-                      pickup_date=sale_day.pickup_date, deals=[_deal(d, p) for d, p in deals])
+    return SaleDayOut(
+        date=sale_day.sale_date,
+        status=sale_day.status,
+        opens_at=sale_day.published_at,
+        cutoff_at=sale_day.cutoff_at,
+        pickup_date=sale_day.pickup_date,
+        deals=[_deal(d, p) for d, p in deals],
+    )
 
 
 @router.post("/products", response_model=ProductOut, status_code=201)
@@ -85,8 +110,9 @@ async def get_day(day: date) -> SaleDayOut:
 @internal.post("/reservations", response_model=ReservationOut)
 async def reserve(body: ReservationIn) -> ReservationOut:
     async with db.transaction() as s:
-        return ReservationOut(**await service.reserve(s, body.order_id, body.shopper_id,
-                                                      body.items))
+        return ReservationOut(
+            **await service.reserve(s, body.order_id, body.shopper_id, body.items)
+        )
 
 
 @internal.post("/reservations/{order_id}/release", status_code=204)

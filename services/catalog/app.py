@@ -8,6 +8,10 @@ async def _shutdown() -> None:
     await orders_client.aclose()
 
 
-app = create_service_app("catalog", routers, title="Catalog",
-                         description="Products, daily deals, stock and the daily cutoff",
-                         on_shutdown=_shutdown)
+app = create_service_app(
+    "catalog",
+    routers,
+    title="Catalog",
+    description="Products, daily deals, stock and the daily cutoff",
+    on_shutdown=_shutdown,
+)

@@ -29,8 +29,9 @@ class DealIn(BaseModel):
     group_price_fen: int = Field(gt=0, le=100_000_000)
     stock: int = Field(gt=0, le=1_000_000)
     per_shopper_limit: int = Field(gt=0, le=10_000)
-    group_threshold: int = Field(default=0, ge=0, le=1_000_000,
-                                 description="成团数量: minimum total quantity; 0 = none")
+    group_threshold: int = Field(
+        default=0, ge=0, le=1_000_000, description="成团数量: minimum total quantity; 0 = none"
+    )
 
 
 class DealOut(BaseModel):

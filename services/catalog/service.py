@@ -56,6 +56,7 @@ class SaleDayReadOnly(Conflict):
 
 # --- products -----------------------------------------------------------------------------
 
+
 async def create_product(s: AsyncSession, data: ProductIn) -> Product:
     product = Product(**data.model_dump())
     s.add(product)
@@ -75,6 +76,7 @@ async def list_products(s: AsyncSession, after_id: int | None, limit: int) -> li
 
 # --- sale days and deals ------------------------------------------------------------------
 
+
 def cutoff_for(day: date) -> datetime:
     st = get_settings()
     return local_datetime(day, parse_hhmm(st.cutoff_time), st.timezone)
@@ -82,13 +84,21 @@ def cutoff_for(day: date) -> datetime:
 
 async def ensure_sale_day(s: AsyncSession, day: date) -> SaleDay:
     st = get_settings()
-    await s.execute(text(
-        "INSERT INTO catalog.sale_days (sale_date, status, cutoff_at, pickup_date, created_at) "
-        "VALUES (:d, 'draft', :cutoff, :pickup, :now) ON CONFLICT (sale_date) DO NOTHING"),
-        {"d": day, "cutoff": cutoff_for(day), "pickup": day + timedelta(days=st.pickup_days_after),
-         "now": clock.now()})
-    return (await s.execute(select(SaleDay).where(SaleDay.sale_date == day)
-                            .with_for_update())).scalar_one()
+    await s.execute(
+        text(
+            "INSERT INTO catalog.sale_days (sale_date, status, cutoff_at, pickup_date, created_at) "
+            "VALUES (:d, 'draft', :cutoff, :pickup, :now) ON CONFLICT (sale_date) DO NOTHING"
+        ),
+        {
+            "d": day,
+            "cutoff": cutoff_for(day),
+            "pickup": day + timedelta(days=st.pickup_days_after),
+            "now": clock.now(),
+        },
+    )
+    return (
+        await s.execute(select(SaleDay).where(SaleDay.sale_date == day).with_for_update())
+    ).scalar_one()
 
 
 async def get_sale_day(s: AsyncSession, day: date) -> SaleDay:
@@ -107,53 +117,83 @@ async def add_deal(s: AsyncSession, day: date, data: DealIn) -> tuple[Deal, Prod
     product = await s.get(Product, data.product_id)
     if product is None:
         raise NotFound(f"product {data.product_id} does not exist", code="product_not_found")
-    deal = Deal(sale_date=day, product_id=product.id, group_price_fen=data.group_price_fen,
-                list_price_fen=product.list_price_fen, stock=data.stock,
-                per_shopper_limit=data.per_shopper_limit, group_threshold=data.group_threshold)
+    deal = Deal(
+        sale_date=day,
+        product_id=product.id,
+        group_price_fen=data.group_price_fen,
+        list_price_fen=product.list_price_fen,
+        stock=data.stock,
+        per_shopper_limit=data.per_shopper_limit,
+        group_threshold=data.group_threshold,
+    )
     s.add(deal)
     try:
         await s.flush()
     except IntegrityError as e:
-        raise Conflict(f"product {product.id} already has a deal on {day}",
-                       code="duplicate_deal") from e
+        raise Conflict(
+            f"product {product.id} already has a deal on {day}", code="duplicate_deal"
+        ) from e
     return deal, product
 
 
 async def publish_sale_day(s: AsyncSession, day: date) -> SaleDay:
     st = get_settings()
-    sale_day = (await s.execute(select(SaleDay).where(SaleDay.sale_date == day)
-                                .with_for_update())).scalar_one_or_none()
+    sale_day = (
+        await s.execute(select(SaleDay).where(SaleDay.sale_date == day).with_for_update())
+    ).scalar_one_or_none()
     if sale_day is None:
-        raise CatalogSize(f"{day} has 0 deals; a sale day needs {st.min_deals_per_day}-"
-                          f"{st.max_deals_per_day}", count=0)
+        raise CatalogSize(
+            f"{day} has 0 deals; a sale day needs {st.min_deals_per_day}-{st.max_deals_per_day}",
+            count=0,
+        )
     if sale_day.status == SaleDayStatus.published:
         return sale_day
     if sale_day.status != SaleDayStatus.draft:
         raise SaleDayReadOnly(f"sale day {day} is {sale_day.status}")
-    count = (await s.execute(text("SELECT count(*) FROM catalog.deals WHERE sale_date = :d"),
-                             {"d": day})).scalar_one()
+    count = (
+        await s.execute(text("SELECT count(*) FROM catalog.deals WHERE sale_date = :d"), {"d": day})
+    ).scalar_one()
     if not st.min_deals_per_day <= count <= st.max_deals_per_day:
-        raise CatalogSize(f"{day} has {count} deals; a sale day needs {st.min_deals_per_day}-"
-                          f"{st.max_deals_per_day}", count=count)
+        raise CatalogSize(
+            f"{day} has {count} deals; a sale day needs {st.min_deals_per_day}-"
+            f"{st.max_deals_per_day}",
+            count=count,
+        )
     if sale_day.cutoff_at <= clock.now():
         raise PastCutoff(f"the cutoff of {day} has passed")
-    await s.execute(text("UPDATE catalog.sale_days SET status = 'published', published_at = :now "
-                         "WHERE sale_date = :d AND status = 'draft'"), {"d": day, "now": clock.now()})
+    await s.execute(
+        text(
+            "UPDATE catalog.sale_days SET status = 'published', published_at = :now "
+            "WHERE sale_date = :d AND status = 'draft'"
+        ),
+        {"d": day, "now": clock.now()},
+    )
     await s.refresh(sale_day)
     return sale_day
 
 
 async def deals_of(s: AsyncSession, day: date) -> list[tuple[Deal, Product]]:
-    rows = (await s.execute(select(Deal, Product).join(Product, Product.id == Deal.product_id)
-                            .where(Deal.sale_date == day).order_by(Deal.id))).all()
+    rows = (
+        await s.execute(
+            select(Deal, Product)
+            .join(Product, Product.id == Deal.product_id)
+            .where(Deal.sale_date == day)
+            .order_by(Deal.id)
+        )
+    ).all()
     return [(d, p) for d, p in rows]
 
 
 async def open_sale_day(s: AsyncSession) -> SaleDay:
     """The day shoppers can order from now: the earliest published day before its cutoff."""
-    day = (await s.execute(select(SaleDay).where(SaleDay.status == SaleDayStatus.published,
-                                                 SaleDay.cutoff_at > clock.now())
-                           .order_by(SaleDay.sale_date).limit(1))).scalar_one_or_none()
+    day = (
+        await s.execute(
+            select(SaleDay)
+            .where(SaleDay.status == SaleDayStatus.published, SaleDay.cutoff_at > clock.now())
+            .order_by(SaleDay.sale_date)
+            .limit(1)
+        )
+    ).scalar_one_or_none()
     if day is None:
         raise SaleDayNotFound("no sale day is open for orders right now", code="no_open_sale_day")
     return day
@@ -181,10 +221,16 @@ _SHOPPER_QTY = text("""
 
 
 async def _why_not_reserved(s: AsyncSession, deal_id: int, q: int) -> Exception:
-    row = (await s.execute(text(
-        "SELECT d.stock, d.reserved, d.per_shopper_limit, sd.status, sd.cutoff_at "
-        "FROM catalog.deals d JOIN catalog.sale_days sd ON sd.sale_date = d.sale_date "
-        "WHERE d.id = :id"), {"id": deal_id})).first()
+    row = (
+        await s.execute(
+            text(
+                "SELECT d.stock, d.reserved, d.per_shopper_limit, sd.status, sd.cutoff_at "
+                "FROM catalog.deals d JOIN catalog.sale_days sd ON sd.sale_date = d.sale_date "
+                "WHERE d.id = :id"
+            ),
+            {"id": deal_id},
+        )
+    ).first()
     if row is None:
         return DealNotFound(f"deal {deal_id} does not exist")
     if row.status != SaleDayStatus.published:
@@ -193,20 +239,30 @@ async def _why_not_reserved(s: AsyncSession, deal_id: int, q: int) -> Exception:
         return PastCutoff(f"deal {deal_id}'s sale day is past its cutoff")
     if q > row.per_shopper_limit:
         return PerShopperLimit(f"at most {row.per_shopper_limit} per shopper for deal {deal_id}")
-    return OutOfStock(f"deal {deal_id} has {row.stock - row.reserved} left", deal_id=deal_id,
-                      remaining=row.stock - row.reserved)
+    return OutOfStock(
+        f"deal {deal_id} has {row.stock - row.reserved} left",
+        deal_id=deal_id,
+        remaining=row.stock - row.reserved,
+    )
 
 
-async def reserve(s: AsyncSession, order_id: int, shopper_id: int,
-                  items: list[ReservationItemIn]) -> dict:
+async def reserve(
+    s: AsyncSession, order_id: int, shopper_id: int, items: list[ReservationItemIn]
+) -> dict:
     """Hold stock for every line of one order, or for none (the caller's transaction)."""
-    existing = (await s.execute(text(
-        "SELECT r.deal_id, r.quantity, d.sale_date, d.group_price_fen, d.group_threshold, "
-        "p.id AS product_id, p.name, p.category, sd.pickup_date, sd.cutoff_at "
-        "FROM catalog.reservations r JOIN catalog.deals d ON d.id = r.deal_id "
-        "JOIN catalog.products p ON p.id = d.product_id "
-        "JOIN catalog.sale_days sd ON sd.sale_date = d.sale_date WHERE r.order_id = :o "
-        "ORDER BY r.deal_id"), {"o": order_id})).all()
+    existing = (
+        await s.execute(
+            text(
+                "SELECT r.deal_id, r.quantity, d.sale_date, d.group_price_fen, d.group_threshold, "
+                "p.id AS product_id, p.name, p.category, sd.pickup_date, sd.cutoff_at "
+                "FROM catalog.reservations r JOIN catalog.deals d ON d.id = r.deal_id "
+                "JOIN catalog.products p ON p.id = d.product_id "
+                "JOIN catalog.sale_days sd ON sd.sale_date = d.sale_date WHERE r.order_id = :o "
+                "ORDER BY r.deal_id"
+            ),
+            {"o": order_id},
+        )
+    ).all()
     if existing:  # a retry of the same order: answer as the first time
         return _reservation(existing, [r.quantity for r in existing])
 
@@ -220,33 +276,59 @@ async def reserve(s: AsyncSession, order_id: int, shopper_id: int,
         row = (await s.execute(_RESERVE, {"id": deal_id, "q": q, "now": now})).first()
         if row is None:
             raise await _why_not_reserved(s, deal_id, q)
-        held = (await s.execute(_SHOPPER_QTY, {"deal": deal_id, "shopper": shopper_id, "q": q,
-                                               "limit": row.per_shopper_limit})).first()
+        held = (
+            await s.execute(
+                _SHOPPER_QTY,
+                {"deal": deal_id, "shopper": shopper_id, "q": q, "limit": row.per_shopper_limit},
+            )
+        ).first()
         if held is None:
-            raise PerShopperLimit(f"at most {row.per_shopper_limit} per shopper for deal "
-                                  f"{deal_id}, across all of your orders", deal_id=deal_id)
+            raise PerShopperLimit(
+                f"at most {row.per_shopper_limit} per shopper for deal "
+                f"{deal_id}, across all of your orders",
+                deal_id=deal_id,
+            )
         rows.append(row)
         quantities.append(q)
     if len({r.sale_date for r in rows}) > 1:
-        raise InvalidInput("all items of one order must be from the same sale day",
-                           code="mixed_sale_days")
-    await s.execute(text(
-        "INSERT INTO catalog.reservations (order_id, deal_id, shopper_id, quantity, status, "
-        "created_at) SELECT :o, unnest(CAST(:deals AS int[])), :s, unnest(CAST(:qs AS int[])), "
-        "'held', :now"), {"o": order_id, "deals": [r.id for r in rows], "s": shopper_id,
-                          "qs": quantities, "now": now})
+        raise InvalidInput(
+            "all items of one order must be from the same sale day", code="mixed_sale_days"
+        )
+    await s.execute(
+        text(
+            "INSERT INTO catalog.reservations (order_id, deal_id, shopper_id, quantity, status, "
+            "created_at) SELECT :o, unnest(CAST(:deals AS int[])), :s, unnest(CAST(:qs AS int[])), "
+            "'held', :now"
+        ),
+        {
+            "o": order_id,
+            "deals": [r.id for r in rows],
+            "s": shopper_id,
+            "qs": quantities,
+            "now": now,
+        },
+    )
     return _reservation(rows, quantities)
 
 
 def _reservation(rows, quantities) -> dict:
     first = rows[0]
     return {
-        "sale_date": first.sale_date, "pickup_date": first.pickup_date,
+        "sale_date": first.sale_date,
+        "pickup_date": first.pickup_date,
         "cutoff_at": first.cutoff_at,
-        "lines": [{"deal_id": getattr(r, "id", None) or r.deal_id, "product_id": r.product_id,
-                   "product_name": r.name, "category": r.category,
-                   "unit_price_fen": r.group_price_fen, "quantity": q,
-                   "group_threshold": r.group_threshold} for r, q in zip(rows, quantities, strict=True)],
+        "lines": [
+            {
+                "deal_id": getattr(r, "id", None) or r.deal_id,
+                "product_id": r.product_id,
+                "product_name": r.name,
+                "category": r.category,
+                "unit_price_fen": r.group_price_fen,
+                "quantity": q,
+                "group_threshold": r.group_threshold,
+            }
+            for r, q in zip(rows, quantities, strict=True)
+        ],
     }
 
 
@@ -271,21 +353,27 @@ async def release_reservation(s: AsyncSession, order_id: int) -> None:
 
 # --- the daily cutoff -----------------------------------------------------------------------
 
+
 async def close_sale_day(db, day: date) -> dict:
     """Stop orders for the day, have orders apply the cutoff, record each deal's outcome.
 
     Safe to repeat: a closed day only re-drives the (idempotent) orders cutoff.
     """
     async with db.transaction() as s:
-        sale_day = (await s.execute(select(SaleDay).where(SaleDay.sale_date == day)
-                                    .with_for_update())).scalar_one_or_none()
+        sale_day = (
+            await s.execute(select(SaleDay).where(SaleDay.sale_date == day).with_for_update())
+        ).scalar_one_or_none()
         if sale_day is None:
             raise SaleDayNotFound(f"no sale day {day.isoformat()}")
         if sale_day.status == SaleDayStatus.draft:
             raise SaleDayNotOpen(f"sale day {day} was never published")
-        await s.execute(text("UPDATE catalog.sale_days SET status = 'closed', closed_at = :now "
-                             "WHERE sale_date = :d AND status = 'published'"),
-                        {"d": day, "now": clock.now()})
+        await s.execute(
+            text(
+                "UPDATE catalog.sale_days SET status = 'closed', closed_at = :now "
+                "WHERE sale_date = :d AND status = 'published'"
+            ),
+            {"d": day, "now": clock.now()},
+        )
     result = await orders_client.post(f"/internal/sale-days/{day.isoformat()}/cutoff")
     outcomes = {int(o["deal_id"]): o for o in result["deals"]}
     async with db.transaction() as s:
@@ -293,18 +381,33 @@ async def close_sale_day(db, day: date) -> dict:
         for deal in deals:
             o = outcomes.get(deal.id)
             confirmed = int(o["paid_quantity"]) if o else 0
-            outcome = (o["outcome"] if o else
-                       DealOutcome.failed if deal.group_threshold > confirmed
-                       else DealOutcome.succeeded)
-            await s.execute(text("UPDATE catalog.deals SET outcome = :o, confirmed_quantity = :q "
-                                 "WHERE id = :id AND outcome = 'open'"),
-                            {"o": outcome, "q": confirmed, "id": deal.id})
-        await s.execute(text("UPDATE catalog.sale_days SET cutoff_done_at = :now "
-                             "WHERE sale_date = :d AND cutoff_done_at IS NULL"),
-                        {"d": day, "now": clock.now()})
-        refreshed = (await s.execute(select(Deal.outcome).where(Deal.sale_date == day))).scalars().all()
+            outcome = (
+                o["outcome"]
+                if o
+                else DealOutcome.failed
+                if deal.group_threshold > confirmed
+                else DealOutcome.succeeded
+            )
+            await s.execute(
+                text(
+                    "UPDATE catalog.deals SET outcome = :o, confirmed_quantity = :q "
+                    "WHERE id = :id AND outcome = 'open'"
+                ),
+                {"o": outcome, "q": confirmed, "id": deal.id},
+            )
+        await s.execute(
+            text(
+                "UPDATE catalog.sale_days SET cutoff_done_at = :now "
+                "WHERE sale_date = :d AND cutoff_done_at IS NULL"
+            ),
+            {"d": day, "now": clock.now()},
+        )
+        refreshed = (
+            (await s.execute(select(Deal.outcome).where(Deal.sale_date == day))).scalars().all()
+        )
     return {
-        "date": day, "status": SaleDayStatus.closed,
+        "date": day,
+        "status": SaleDayStatus.closed,
         "deals_succeeded": sum(1 for o in refreshed if o == DealOutcome.succeeded),
         "deals_failed": sum(1 for o in refreshed if o == DealOutcome.failed),
         "orders_confirmed": result["orders_confirmed"],
@@ -315,8 +418,17 @@ async def close_sale_day(db, day: date) -> dict:
 
 
 async def days_due_for_cutoff(s: AsyncSession) -> list[date]:
-    rows = (await s.execute(text(
-        "SELECT sale_date FROM catalog.sale_days WHERE (status = 'published' AND cutoff_at <= :now)"
-        " OR (status = 'closed' AND cutoff_done_at IS NULL) ORDER BY sale_date"),
-        {"now": clock.now()})).scalars().all()
+    rows = (
+        (
+            await s.execute(
+                text(
+                    "SELECT sale_date FROM catalog.sale_days WHERE (status = 'published' AND cutoff_at <= :now)"
+                    " OR (status = 'closed' AND cutoff_done_at IS NULL) ORDER BY sale_date"
+                ),
+                {"now": clock.now()},
+            )
+        )
+        .scalars()
+        .all()
+    )
     return list(rows)

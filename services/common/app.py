@@ -61,8 +61,12 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         for k, v in scope["headers"]:
             if k == b"content-length" and v.isdigit() and int(v) > self.max_bytes:
-                return await problem(413, "body_too_large", "Request body too large",
-                                     f"at most {self.max_bytes} bytes")(scope, receive, send)
+                return await problem(
+                    413,
+                    "body_too_large",
+                    "Request body too large",
+                    f"at most {self.max_bytes} bytes",
+                )(scope, receive, send)
         seen = 0
 
         async def limited() -> dict:
@@ -76,8 +80,9 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited, send)
         except BodyTooLarge:
-            await problem(413, "body_too_large", "Request body too large",
-                          f"at most {self.max_bytes} bytes")(scope, receive, send)
+            await problem(
+                413, "body_too_large", "Request body too large", f"at most {self.max_bytes} bytes"
+            )(scope, receive, send)
 
 
 class BodyTooLarge(Exception):
@@ -98,10 +103,15 @@ async def broker_reachable(timeout: float = 1.0) -> bool:
         return False
 
 
-def create_service_app(service: str, routers: Sequence[APIRouter], *,
-                       title: str, description: str = "",
-                       on_startup: Callable[[], Awaitable[None]] | None = None,
-                       on_shutdown: Callable[[], Awaitable[None]] | None = None) -> FastAPI:
+def create_service_app(
+    service: str,
+    routers: Sequence[APIRouter],
+    *,
+    title: str,
+    description: str = "",
+    on_startup: Callable[[], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> FastAPI:
     configure_logging(service)
     db = get_db(service)
 

@@ -37,8 +37,13 @@ class Principal:
         return "staff" in self.roles
 
 
-def issue_token(user_id: int, roles: list[str], leader_id: int | None = None, name: str = "",
-                ttl_s: int | None = None) -> str:
+def issue_token(
+    user_id: int,
+    roles: list[str],
+    leader_id: int | None = None,
+    name: str = "",
+    ttl_s: int | None = None,
+) -> str:
     s = get_settings()
     now = int(time.time())
     claims = {
@@ -56,8 +61,13 @@ def issue_token(user_id: int, roles: list[str], leader_id: int | None = None, na
 def verify_token(token: str) -> Principal:
     s = get_settings()
     try:
-        claims = jwt.decode(token, s.jwt_secret, algorithms=[ALGORITHM], issuer=s.jwt_issuer,
-                            options={"require": ["exp", "iat", "sub", "iss"]})
+        claims = jwt.decode(
+            token,
+            s.jwt_secret,
+            algorithms=[ALGORITHM],
+            issuer=s.jwt_issuer,
+            options={"require": ["exp", "iat", "sub", "iss"]},
+        )
     except jwt.ExpiredSignatureError as e:
         raise Unauthorized("token expired", code="token_expired") from e
     except jwt.PyJWTError as e:
@@ -70,9 +80,12 @@ def verify_token(token: str) -> Principal:
     except (TypeError, ValueError) as e:
         raise Unauthorized("invalid token", code="invalid_token") from e
     leader_id = claims.get("leader_id")
-    return Principal(user_id=user_id, roles=tuple(roles),
-                     leader_id=int(leader_id) if leader_id is not None else None,
-                     name=str(claims.get("name") or ""))
+    return Principal(
+        user_id=user_id,
+        roles=tuple(roles),
+        leader_id=int(leader_id) if leader_id is not None else None,
+        name=str(claims.get("name") or ""),
+    )
 
 
 def bearer_token(request: Request) -> str | None:

@@ -34,10 +34,14 @@ celery.conf.update(
     timezone="UTC",
     imports=[f"services.{s}.tasks" for s in SERVICES],
     beat_schedule={
-        "sweep-outboxes": {"task": "events.sweep_outboxes",
-                           "schedule": _settings.outbox_sweep_interval_s},
-        "expire-reservations": {"task": "orders.expire_unpaid_orders",
-                                "schedule": _settings.reservation_expiry_interval_s},
+        "sweep-outboxes": {
+            "task": "events.sweep_outboxes",
+            "schedule": _settings.outbox_sweep_interval_s,
+        },
+        "expire-reservations": {
+            "task": "orders.expire_unpaid_orders",
+            "schedule": _settings.reservation_expiry_interval_s,
+        },
         "close-due-sale-days": {"task": "catalog.close_due_sale_days", "schedule": 60.0},
         "execute-refunds": {"task": "orders.execute_pending_refunds", "schedule": 30.0},
     },
@@ -84,9 +88,14 @@ def consume_event(self, subscription_name: str, env: dict[str, Any]) -> bool:
     try:
         return run(consume(get_db(sub.service), sub, env))
     except Exception as exc:
-        log.warning("event_consume_failed", consumer=sub.name, event_id=env.get("id"),
-                    topic=env.get("topic"), error=str(exc))
-        raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries)) from exc
+        log.warning(
+            "event_consume_failed",
+            consumer=sub.name,
+            event_id=env.get("id"),
+            topic=env.get("topic"),
+            error=str(exc),
+        )
+        raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from exc
 
 
 @celery.task(name="events.sweep_outboxes")

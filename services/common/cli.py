@@ -46,8 +46,14 @@ def run(host: str = typer.Option("127.0.0.1", help="interface the gateway listen
         console.print("[bold]CELERY_BROKER_URL not set:[/] starting embedded redis-server")
         broker = devstack.embedded_redis(supervisor, data_dir)
     gateway_port = int(os.environ.get("GATEWAY_PORT", "8000"))
-    ports = {"gateway": gateway_port, "catalog": 8101, "orders": 8102, "leaders": 8103,
-             "settlement": 8104, "payments": int(os.environ.get("PAYMENTS_PORT", "8420"))}
+    ports = {
+        "gateway": gateway_port,
+        "catalog": 8101,
+        "orders": 8102,
+        "leaders": 8103,
+        "settlement": 8104,
+        "payments": int(os.environ.get("PAYMENTS_PORT", "8420")),
+    }
     for s in ("catalog", "orders", "leaders", "settlement"):
         url = os.environ.get(f"{s.upper()}_URL")
         if url:
@@ -63,8 +69,10 @@ def run(host: str = typer.Option("127.0.0.1", help="interface the gateway listen
         from .seed import seed_demo
 
         result = asyncio.run(seed_demo())
-        console.print(f"Demo seeded: sale day {result['sale_date']} published, leaders "
-                      + ", ".join(f"dev:{n}" for n in result["leaders"]))
+        console.print(
+            f"Demo seeded: sale day {result['sale_date']} published, leaders "
+            + ", ".join(f"dev:{n}" for n in result["leaders"])
+        )
 
     stopping = False
 
@@ -76,9 +84,17 @@ def run(host: str = typer.Option("127.0.0.1", help="interface the gateway listen
     signal.signal(signal.SIGTERM, stop)
     with console.status("starting services, gateway, worker and beat..."):
         platform = devstack.start_platform(
-            data_dir=data_dir, database_url=db_url, broker_url=broker,
-            payments_base=payments, ports=ports, extra_env={}, supervisor=supervisor,
-            gateway_host=host, seed=seed, handles=handles)
+            data_dir=data_dir,
+            database_url=db_url,
+            broker_url=broker,
+            payments_base=payments,
+            ports=ports,
+            extra_env={},
+            supervisor=supervisor,
+            gateway_host=host,
+            seed=seed,
+            handles=handles,
+        )
     gw = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{gateway_port}"
     console.print(f"""
 [bold green]Group buying platform is up.[/]
@@ -86,7 +102,7 @@ def run(host: str = typer.Option("127.0.0.1", help="interface the gateway listen
   Swagger UI   {gw}/docs
   Staff login  curl -X POST {gw}/api/v1/auth/staff/token -d username=staff -d password=staff
   Shopper      curl -X POST {gw}/api/v1/auth/wechat/session -H 'content-type: application/json' -d '{{"code": "dev:alice"}}'
-  Logs         {data_dir / 'logs'}
+  Logs         {data_dir / "logs"}
 Press Ctrl-C to stop.""")
     restarts: dict[str, int] = {}
     try:

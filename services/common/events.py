@@ -35,7 +35,8 @@ def outbox_table(schema: str) -> Table:
     if key in SQLModel.metadata.tables:
         return SQLModel.metadata.tables[key]
     return Table(
-        "outbox", SQLModel.metadata,
+        "outbox",
+        SQLModel.metadata,
         Column("id", UUID(as_uuid=True), primary_key=True),
         Column("topic", String(100), nullable=False),
         Column("payload", JSONB, nullable=False),
@@ -50,7 +51,8 @@ def inbox_table(schema: str) -> Table:
     if key in SQLModel.metadata.tables:
         return SQLModel.metadata.tables[key]
     return Table(
-        "inbox", SQLModel.metadata,
+        "inbox",
+        SQLModel.metadata,
         Column("event_id", UUID(as_uuid=True), primary_key=True),
         Column("consumer", String(120), primary_key=True),
         Column("topic", String(100), nullable=False),
@@ -59,8 +61,9 @@ def inbox_table(schema: str) -> Table:
     )
 
 
-def envelope(topic: str, payload: dict[str, Any], producer: str,
-             event_id: uuid.UUID | None = None) -> dict[str, Any]:
+def envelope(
+    topic: str, payload: dict[str, Any], producer: str, event_id: uuid.UUID | None = None
+) -> dict[str, Any]:
     return {
         "id": str(event_id or uuid.uuid4()),
         "topic": topic,
@@ -70,14 +73,21 @@ def envelope(topic: str, payload: dict[str, Any], producer: str,
     }
 
 
-async def emit(session: AsyncSession, schema: str, topic: str, payload: dict[str, Any],
-               event_id: uuid.UUID | None = None) -> uuid.UUID:
+async def emit(
+    session: AsyncSession,
+    schema: str,
+    topic: str,
+    payload: dict[str, Any],
+    event_id: uuid.UUID | None = None,
+) -> uuid.UUID:
     """Record an event in the producer's outbox, inside the caller's transaction."""
     eid = event_id or uuid.uuid4()
     env = envelope(topic, payload, schema, eid)
     await session.execute(
-        text(f"INSERT INTO {schema}.outbox (id, topic, payload, created_at) "
-             "VALUES (:id, :topic, CAST(:payload AS jsonb), :at) ON CONFLICT (id) DO NOTHING"),
+        text(
+            f"INSERT INTO {schema}.outbox (id, topic, payload, created_at) "
+            "VALUES (:id, :topic, CAST(:payload AS jsonb), :at) ON CONFLICT (id) DO NOTHING"
+        ),
         {"id": eid, "topic": topic, "payload": orjson.dumps(env).decode(), "at": clock.now()},
     )
     return eid
@@ -88,9 +98,13 @@ def _publish(envelopes: list[dict[str, Any]]) -> None:
 
     with celery.producer_or_acquire() as producer:
         for env in envelopes:
-            celery.send_task("events.dispatch", args=[env], producer=producer,
-                             retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
-                                                       "interval_step": 0.5})
+            celery.send_task(
+                "events.dispatch",
+                args=[env],
+                producer=producer,
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+            )
 
 
 async def relay_outbox(db, limit: int = 500) -> int:
@@ -99,14 +113,22 @@ async def relay_outbox(db, limit: int = 500) -> int:
     total = 0
     while True:
         async with db.transaction() as s:
-            rows = (await s.execute(
-                text(f"SELECT id, payload FROM {schema}.outbox WHERE published_at IS NULL "
-                     "ORDER BY created_at LIMIT :n FOR UPDATE SKIP LOCKED"), {"n": limit})).all()
+            rows = (
+                await s.execute(
+                    text(
+                        f"SELECT id, payload FROM {schema}.outbox WHERE published_at IS NULL "
+                        "ORDER BY created_at LIMIT :n FOR UPDATE SKIP LOCKED"
+                    ),
+                    {"n": limit},
+                )
+            ).all()
             if not rows:
                 return total
             await asyncio.to_thread(_publish, [r.payload for r in rows])
-            await s.execute(text(f"UPDATE {schema}.outbox SET published_at = now() "
-                                 "WHERE id = ANY(:ids)"), {"ids": [r.id for r in rows]})
+            await s.execute(
+                text(f"UPDATE {schema}.outbox SET published_at = now() WHERE id = ANY(:ids)"),
+                {"ids": [r.id for r in rows]},
+            )
             total += len(rows)
         if len(rows) < limit:
             return total
@@ -117,6 +139,7 @@ _pending: set[asyncio.Task] = set()
 
 def kick(db) -> None:
     """Relay right after a commit, without making the request wait for the broker."""
+
     async def _run() -> None:
         try:
             await relay_outbox(db)
@@ -160,12 +183,20 @@ def subscribers_of(topic: str) -> list[Subscription]:
 async def consume(db, subscription: Subscription, env: dict[str, Any]) -> bool:
     """Apply an event once: the inbox row and the effect commit together or not at all."""
     async with db.transaction() as s:
-        inserted = (await s.execute(
-            text(f"INSERT INTO {db.schema}.inbox (event_id, consumer, topic, handled_at) "
-                 "VALUES (:id, :consumer, :topic, :at) ON CONFLICT DO NOTHING RETURNING event_id"),
-            {"id": uuid.UUID(env["id"]), "consumer": subscription.name, "topic": env["topic"],
-             "at": clock.now()},
-        )).first()
+        inserted = (
+            await s.execute(
+                text(
+                    f"INSERT INTO {db.schema}.inbox (event_id, consumer, topic, handled_at) "
+                    "VALUES (:id, :consumer, :topic, :at) ON CONFLICT DO NOTHING RETURNING event_id"
+                ),
+                {
+                    "id": uuid.UUID(env["id"]),
+                    "consumer": subscription.name,
+                    "topic": env["topic"],
+                    "at": clock.now(),
+                },
+            )
+        ).first()
         if inserted is None:
             return False
         await subscription.handler(s, env["payload"], env)

@@ -40,14 +40,17 @@ class ServiceClient:
             )
         return self._client
 
-    async def request(self, method: str, path: str, *, json: Any = None,
-                      params: dict[str, Any] | None = None) -> Any:
+    async def request(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
         headers = {}
         rid = structlog.contextvars.get_contextvars().get("request_id")
         if rid:
             headers["x-request-id"] = rid
         try:
-            resp = await self.client.request(method, path, json=json, params=params, headers=headers)
+            resp = await self.client.request(
+                method, path, json=json, params=params, headers=headers
+            )
         except httpx.TimeoutException as e:
             raise PeerTimeout(f"{self.service} did not answer in time") from e
         except httpx.TransportError as e:
@@ -59,8 +62,11 @@ class ServiceClient:
                 body = {}
             if resp.status_code >= 500 and resp.status_code not in (503, 504):
                 raise PeerUnavailable(f"{self.service} failed ({resp.status_code})")
-            raise PeerError(body.get("detail") or f"{self.service} refused the request",
-                            code=body.get("code") or "peer_error", status=resp.status_code)
+            raise PeerError(
+                body.get("detail") or f"{self.service} refused the request",
+                code=body.get("code") or "peer_error",
+                status=resp.status_code,
+            )
         if resp.status_code == 204 or not resp.content:
             return None
         return resp.json()

@@ -25,7 +25,8 @@ def idempotency_table(schema: str) -> Table:
     if key in SQLModel.metadata.tables:
         return SQLModel.metadata.tables[key]
     return Table(
-        "idempotency_keys", SQLModel.metadata,
+        "idempotency_keys",
+        SQLModel.metadata,
         Column("key", String(300), primary_key=True),
         Column("request_hash", String(64), nullable=False),
         Column("status", String(16), nullable=False),
@@ -50,8 +51,12 @@ class IdempotencyMiddleware:
         if not key:
             return await self.app(scope, receive, send)
         if len(key) > 200:
-            return await problem(422, "invalid_idempotency_key", "Invalid Idempotency-Key",
-                                 "Idempotency-Key must be at most 200 characters")(scope, receive, send)
+            return await problem(
+                422,
+                "invalid_idempotency_key",
+                "Invalid Idempotency-Key",
+                "Idempotency-Key must be at most 200 characters",
+            )(scope, receive, send)
         body = b""
         more = True
         while more:
@@ -104,43 +109,78 @@ class IdempotencyMiddleware:
     async def _claim(self, scoped: str, digest: str):
         schema = self.db.schema
         async with self.db.transaction() as s:
-            claimed = (await s.execute(text(
-                f"INSERT INTO {schema}.idempotency_keys (key, request_hash, status, created_at) "
-                "VALUES (:k, :h, 'started', :now) ON CONFLICT (key) DO NOTHING RETURNING key"),
-                {"k": scoped, "h": digest, "now": clock.now()})).first()
+            claimed = (
+                await s.execute(
+                    text(
+                        f"INSERT INTO {schema}.idempotency_keys (key, request_hash, status, created_at) "
+                        "VALUES (:k, :h, 'started', :now) ON CONFLICT (key) DO NOTHING RETURNING key"
+                    ),
+                    {"k": scoped, "h": digest, "now": clock.now()},
+                )
+            ).first()
             if claimed:
                 return None
-            row = (await s.execute(text(
-                f"SELECT request_hash, status, response_status, content_type, response_body, "
-                f"created_at FROM {schema}.idempotency_keys WHERE key = :k FOR UPDATE"),
-                {"k": scoped})).first()
+            row = (
+                await s.execute(
+                    text(
+                        f"SELECT request_hash, status, response_status, content_type, response_body, "
+                        f"created_at FROM {schema}.idempotency_keys WHERE key = :k FOR UPDATE"
+                    ),
+                    {"k": scoped},
+                )
+            ).first()
             if row is None:
-                return problem(409, "idempotency_in_progress", "Request in progress",
-                               "a request with this Idempotency-Key is being processed")
+                return problem(
+                    409,
+                    "idempotency_in_progress",
+                    "Request in progress",
+                    "a request with this Idempotency-Key is being processed",
+                )
             if row.request_hash != digest:
-                return problem(409, "idempotency_key_reused", "Idempotency-Key reused",
-                               "this Idempotency-Key was used with a different request body")
+                return problem(
+                    409,
+                    "idempotency_key_reused",
+                    "Idempotency-Key reused",
+                    "this Idempotency-Key was used with a different request body",
+                )
             if row.status == "done":
                 from starlette.responses import Response
 
-                return Response(row.response_body, status_code=row.response_status,
-                                media_type=row.content_type,
-                                headers={"Idempotent-Replayed": "true"})
+                return Response(
+                    row.response_body,
+                    status_code=row.response_status,
+                    media_type=row.content_type,
+                    headers={"Idempotent-Replayed": "true"},
+                )
             if clock.now() - row.created_at < IN_PROGRESS_GRACE:
-                return problem(409, "idempotency_in_progress", "Request in progress",
-                               "a request with this Idempotency-Key is being processed")
-            await s.execute(text(f"UPDATE {schema}.idempotency_keys SET created_at = :now "
-                                 "WHERE key = :k"), {"k": scoped, "now": clock.now()})
+                return problem(
+                    409,
+                    "idempotency_in_progress",
+                    "Request in progress",
+                    "a request with this Idempotency-Key is being processed",
+                )
+            await s.execute(
+                text(f"UPDATE {schema}.idempotency_keys SET created_at = :now WHERE key = :k"),
+                {"k": scoped, "now": clock.now()},
+            )
             return None
 
     async def _finish(self, scoped: str, status: int, content_type: str, body: bytes) -> None:
         schema = self.db.schema
         async with self.db.transaction() as s:
             if status >= 500 or status == 409 and b"idempotency" in body:
-                await s.execute(text(f"DELETE FROM {schema}.idempotency_keys WHERE key = :k "
-                                     "AND status = 'started'"), {"k": scoped})
+                await s.execute(
+                    text(
+                        f"DELETE FROM {schema}.idempotency_keys WHERE key = :k "
+                        "AND status = 'started'"
+                    ),
+                    {"k": scoped},
+                )
             else:
-                await s.execute(text(
-                    f"UPDATE {schema}.idempotency_keys SET status = 'done', response_status = :st, "
-                    "content_type = :ct, response_body = :b WHERE key = :k"),
-                    {"k": scoped, "st": status, "ct": content_type, "b": body})
+                await s.execute(
+                    text(
+                        f"UPDATE {schema}.idempotency_keys SET status = 'done', response_status = :st, "
+                        "content_type = :ct, response_body = :b WHERE key = :k"
+                    ),
+                    {"k": scoped, "st": status, "ct": content_type, "b": body},
+                )

@@ -9,8 +9,18 @@ import structlog
 
 from .settings import get_settings
 
-_REDACT = {"authorization", "password", "card", "number", "cvc", "access_token", "secret",
-           "x-service-token", "pickup_code", "client_secret"}
+_REDACT = {
+    "authorization",
+    "password",
+    "card",
+    "number",
+    "cvc",
+    "access_token",
+    "secret",
+    "x-service-token",
+    "pickup_code",
+    "client_secret",
+}
 
 
 def _redact(_, __, event_dict):
@@ -30,8 +40,11 @@ def configure_logging(process: str) -> None:
         _redact,
         structlog.processors.format_exc_info,
     ]
-    renderer = (structlog.processors.JSONRenderer() if s.log_json
-                else structlog.dev.ConsoleRenderer(colors=False))
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if s.log_json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),

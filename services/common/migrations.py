@@ -49,10 +49,15 @@ def run_migrations_online(schema: str) -> None:
         conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _LOCK_ID})
         conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         conn.commit()
-        context.configure(connection=conn, target_metadata=SQLModel.metadata,
-                          version_table_schema=schema, include_schemas=True,
-                          include_name=include_name, include_object=include_object,
-                          compare_type=True)
+        context.configure(
+            connection=conn,
+            target_metadata=SQLModel.metadata,
+            version_table_schema=schema,
+            include_schemas=True,
+            include_name=include_name,
+            include_object=include_object,
+            compare_type=True,
+        )
         with context.begin_transaction():
             context.run_migrations()
         conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _LOCK_ID})

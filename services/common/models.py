@@ -19,8 +19,9 @@ def utcnow() -> datetime:
 def ts_field(nullable: bool = False, index: bool = False, default_now: bool = False):
     """A timezone-aware timestamp column (stored in UTC)."""
     kwargs = {"default_factory": utcnow} if default_now else {"default": None}
-    return Field(sa_column=Column(DateTime(timezone=True), nullable=nullable, index=index),
-                 **kwargs)
+    return Field(
+        sa_column=Column(DateTime(timezone=True), nullable=nullable, index=index), **kwargs
+    )
 
 
 def plumbing_tables(schema: str) -> None:

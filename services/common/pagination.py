@@ -41,8 +41,10 @@ def decode_cursor(cursor: str) -> int:
         raise InvalidInput("cursor is not valid", code="invalid_cursor") from e
 
 
-def page_params(limit: Annotated[int, Query(ge=1, le=200)] = 50,
-                cursor: Annotated[str | None, Query(max_length=200)] = None) -> PageParams:
+def page_params(
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> PageParams:
     return PageParams(limit=limit, after_id=decode_cursor(cursor) if cursor else None)
 
 

@@ -79,9 +79,14 @@ def _form(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
 
 def _intent(obj: dict[str, Any]) -> Intent:
     err = obj.get("last_payment_error") or {}
-    return Intent(id=obj["id"], status=obj["status"], amount_fen=int(obj["amount"]),
-                  currency=str(obj["currency"]).upper(), metadata=dict(obj.get("metadata") or {}),
-                  error_code=err.get("code"))
+    return Intent(
+        id=obj["id"],
+        status=obj["status"],
+        amount_fen=int(obj["amount"]),
+        currency=str(obj["currency"]).upper(),
+        metadata=dict(obj.get("metadata") or {}),
+        error_code=err.get("code"),
+    )
 
 
 class PaymentProvider:
@@ -102,8 +107,13 @@ class PaymentProvider:
             )
         return self._client
 
-    async def _call(self, method: str, path: str, data: dict[str, Any] | None = None,
-                    idempotency_key: str | None = None) -> dict[str, Any]:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        data: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         try:
             if method == "GET":
@@ -111,69 +121,123 @@ class PaymentProvider:
             else:
                 resp = await self.client.post(path, data=dict(_form(data or {})), headers=headers)
         except httpx.TimeoutException as e:
-            raise PeerTimeout("the payment provider did not answer in time",
-                              code="payment_provider_timeout") from e
+            raise PeerTimeout(
+                "the payment provider did not answer in time", code="payment_provider_timeout"
+            ) from e
         except httpx.TransportError as e:
-            raise PeerUnavailable("the payment provider is unavailable",
-                                  code="payment_provider_unavailable") from e
+            raise PeerUnavailable(
+                "the payment provider is unavailable", code="payment_provider_unavailable"
+            ) from e
         try:
             body = resp.json()
         except ValueError:
             body = {}
         if resp.status_code == 402:
             err = body.get("error") or {}
-            raise PaymentDeclined(err.get("message") or "The card was declined",
-                                  code=err.get("code") or "card_declined")
+            raise PaymentDeclined(
+                err.get("message") or "The card was declined",
+                code=err.get("code") or "card_declined",
+            )
         if resp.status_code >= 500:
-            raise PeerUnavailable("the payment provider failed", code="payment_provider_unavailable")
+            raise PeerUnavailable(
+                "the payment provider failed", code="payment_provider_unavailable"
+            )
         if resp.status_code >= 400:
             err = body.get("error") or {}
             raise ProviderRejected(err.get("message") or f"provider answered {resp.status_code}")
         return body
 
-    async def create_intent(self, amount_fen: int, *, idempotency_key: str,
-                            metadata: dict[str, Any], currency: str | None = None) -> Intent:
-        body = await self._call("POST", "/v1/payment_intents", {
-            "amount": amount_fen, "currency": (currency or get_settings().currency).lower(),
-            "metadata": metadata}, idempotency_key)
+    async def create_intent(
+        self,
+        amount_fen: int,
+        *,
+        idempotency_key: str,
+        metadata: dict[str, Any],
+        currency: str | None = None,
+    ) -> Intent:
+        body = await self._call(
+            "POST",
+            "/v1/payment_intents",
+            {
+                "amount": amount_fen,
+                "currency": (currency or get_settings().currency).lower(),
+                "metadata": metadata,
+            },
+            idempotency_key,
+        )
         return _intent(body)
 
-    async def confirm_intent(self, intent_id: str, payment_method: str, *,
-                             idempotency_key: str) -> Intent:
-        body = await self._call("POST", f"/v1/payment_intents/{intent_id}/confirm",
-                                {"payment_method": payment_method}, idempotency_key)
+    async def confirm_intent(
+        self, intent_id: str, payment_method: str, *, idempotency_key: str
+    ) -> Intent:
+        body = await self._call(
+            "POST",
+            f"/v1/payment_intents/{intent_id}/confirm",
+            {"payment_method": payment_method},
+            idempotency_key,
+        )
         return _intent(body)
 
     async def create_card_method(self, card: dict[str, Any], *, idempotency_key: str) -> str:
-        body = await self._call("POST", "/v1/payment_methods", {"type": "card", "card": card},
-                                idempotency_key)
+        body = await self._call(
+            "POST", "/v1/payment_methods", {"type": "card", "card": card}, idempotency_key
+        )
         return body["id"]
 
     async def retrieve_intent(self, intent_id: str) -> Intent:
         return _intent(await self._call("GET", f"/v1/payment_intents/{intent_id}"))
 
     async def cancel_intent(self, intent_id: str, *, idempotency_key: str) -> Intent:
-        return _intent(await self._call("POST", f"/v1/payment_intents/{intent_id}/cancel", {},
-                                        idempotency_key))
+        return _intent(
+            await self._call("POST", f"/v1/payment_intents/{intent_id}/cancel", {}, idempotency_key)
+        )
 
-    async def refund(self, intent_id: str, amount_fen: int, *, idempotency_key: str,
-                     metadata: dict[str, Any] | None = None) -> Refund:
-        body = await self._call("POST", "/v1/refunds", {
-            "payment_intent": intent_id, "amount": amount_fen, "metadata": metadata or {}},
-            idempotency_key)
-        return Refund(id=body["id"], status=body.get("status", "succeeded"),
-                      amount_fen=int(body["amount"]))
+    async def refund(
+        self,
+        intent_id: str,
+        amount_fen: int,
+        *,
+        idempotency_key: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> Refund:
+        body = await self._call(
+            "POST",
+            "/v1/refunds",
+            {"payment_intent": intent_id, "amount": amount_fen, "metadata": metadata or {}},
+            idempotency_key,
+        )
+        return Refund(
+            id=body["id"], status=body.get("status", "succeeded"), amount_fen=int(body["amount"])
+        )
 
     async def create_account(self, *, idempotency_key: str, metadata: dict[str, Any]) -> str:
-        body = await self._call("POST", "/v1/accounts", {"type": "custom", "country": "CN",
-                                                         "metadata": metadata}, idempotency_key)
+        body = await self._call(
+            "POST",
+            "/v1/accounts",
+            {"type": "custom", "country": "CN", "metadata": metadata},
+            idempotency_key,
+        )
         return body["id"]
 
-    async def transfer(self, amount_fen: int, destination: str, *, idempotency_key: str,
-                       metadata: dict[str, Any] | None = None) -> Transfer:
-        body = await self._call("POST", "/v1/transfers", {
-            "amount": amount_fen, "currency": get_settings().currency.lower(),
-            "destination": destination, "metadata": metadata or {}}, idempotency_key)
+    async def transfer(
+        self,
+        amount_fen: int,
+        destination: str,
+        *,
+        idempotency_key: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> Transfer:
+        body = await self._call(
+            "POST",
+            "/v1/transfers",
+            {
+                "amount": amount_fen,
+                "currency": get_settings().currency.lower(),
+                "destination": destination,
+                "metadata": metadata or {},
+            },
+            idempotency_key,
+        )
         return Transfer(id=body["id"], amount_fen=int(body["amount"]), destination=destination)
 
     async def aclose(self) -> None:
@@ -188,8 +252,14 @@ def sign_webhook(payload: bytes, secret: str, timestamp: int | None = None) -> s
     return f"t={ts},v1={sig}"
 
 
-def verify_webhook(payload: bytes, header: str | None, *, secret: str | None = None,
-                   tolerance_s: int | None = None, now: float | None = None) -> dict[str, Any]:
+def verify_webhook(
+    payload: bytes,
+    header: str | None,
+    *,
+    secret: str | None = None,
+    tolerance_s: int | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
     """Check a `Stripe-Signature` header (t=...,v1=...) and return the parsed event."""
     s = get_settings()
     secret = secret or s.payments_webhook_secret

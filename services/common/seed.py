@@ -12,12 +12,23 @@ from .settings import get_settings
 
 DEMO_LEADERS = [
     # (dev name, tier, community, address, lat, lng)
-    ("leader-standard", "standard", "Jing'an Garden", "No. 1 Nanjing W Rd, pickup at the lobby",
-     31.2304, 121.4737),
-    ("leader-advanced", "advanced", "Huangpu Riverside", "88 Zhongshan E Rd, shop 3",
-     31.2354, 121.4800),
-    ("leader-core", "core", "People's Square Homes", "200 Xizang M Rd, gate B",
-     31.2280, 121.4690),
+    (
+        "leader-standard",
+        "standard",
+        "Jing'an Garden",
+        "No. 1 Nanjing W Rd, pickup at the lobby",
+        31.2304,
+        121.4737,
+    ),
+    (
+        "leader-advanced",
+        "advanced",
+        "Huangpu Riverside",
+        "88 Zhongshan E Rd, shop 3",
+        31.2354,
+        121.4800,
+    ),
+    ("leader-core", "core", "People's Square Homes", "200 Xizang M Rd, gate B", 31.2280, 121.4690),
 ]
 
 DEMO_PRODUCTS = [
@@ -41,36 +52,60 @@ async def seed_demo() -> dict:
     leaders_db, catalog_db = get_db("leaders"), get_db("catalog")
     async with leaders_db.transaction() as s:
         for name, tier, community, address, lat, lng in DEMO_LEADERS:
-            user_id = (await s.execute(text(
-                "INSERT INTO leaders.users (external_id, display_name, roles, created_at) "
-                "VALUES (:e, :n, ARRAY['shopper'], now()) ON CONFLICT (external_id) DO UPDATE "
-                "SET display_name = EXCLUDED.display_name RETURNING id"),
-                {"e": f"dev:{name}", "n": name})).scalar_one()
-            await s.execute(text(
-                "INSERT INTO leaders.leaders (user_id, status, tier, community_name, pickup_address,"
-                " pickup_hours, phone, group_size, latitude, longitude, created_at, tier_since) "
-                "VALUES (:u, 'active', :t, :c, :a, '08:00-20:00', '13800000000', 300, :lat, :lng, "
-                "now(), now()) ON CONFLICT (user_id) DO NOTHING"),
-                {"u": user_id, "t": tier, "c": community, "a": address, "lat": lat, "lng": lng})
+            user_id = (
+                await s.execute(
+                    text(
+                        "INSERT INTO leaders.users (external_id, display_name, roles, created_at) "
+                        "VALUES (:e, :n, ARRAY['shopper'], now()) ON CONFLICT (external_id) DO UPDATE "
+                        "SET display_name = EXCLUDED.display_name RETURNING id"
+                    ),
+                    {"e": f"dev:{name}", "n": name},
+                )
+            ).scalar_one()
+            await s.execute(
+                text(
+                    "INSERT INTO leaders.leaders (user_id, status, tier, community_name, pickup_address,"
+                    " pickup_hours, phone, group_size, latitude, longitude, created_at, tier_since) "
+                    "VALUES (:u, 'active', :t, :c, :a, '08:00-20:00', '13800000000', 300, :lat, :lng, "
+                    "now(), now()) ON CONFLICT (user_id) DO NOTHING"
+                ),
+                {"u": user_id, "t": tier, "c": community, "a": address, "lat": lat, "lng": lng},
+            )
 
     day = local_today(st.timezone) + timedelta(days=1)
     async with catalog_db.transaction() as s:
         for sku, name, category, list_price, _, _, _ in DEMO_PRODUCTS:
-            await s.execute(text(
-                "INSERT INTO catalog.products (sku, name, category, list_price_fen, description, "
-                "image_url, created_at) VALUES (:sku, :n, :c, :p, '', '', now()) "
-                "ON CONFLICT (sku) DO NOTHING"), {"sku": sku, "n": name, "c": category,
-                                                   "p": list_price})
+            await s.execute(
+                text(
+                    "INSERT INTO catalog.products (sku, name, category, list_price_fen, description, "
+                    "image_url, created_at) VALUES (:sku, :n, :c, :p, '', '', now()) "
+                    "ON CONFLICT (sku) DO NOTHING"
+                ),
+                {"sku": sku, "n": name, "c": category, "p": list_price},
+            )
         sale_day = await catalog.ensure_sale_day(s, day)
         if sale_day.status == "draft":
             ids = dict((await s.execute(text("SELECT sku, id FROM catalog.products"))).all())
-            have = set((await s.execute(text(
-                "SELECT product_id FROM catalog.deals WHERE sale_date = :d"), {"d": day})
-            ).scalars())
+            have = set(
+                (
+                    await s.execute(
+                        text("SELECT product_id FROM catalog.deals WHERE sale_date = :d"),
+                        {"d": day},
+                    )
+                ).scalars()
+            )
             for sku, _, _, _, price, stock, threshold in DEMO_PRODUCTS:
                 if ids[sku] not in have:
-                    await catalog.add_deal(s, day, DealIn(
-                        product_id=ids[sku], group_price_fen=price, stock=stock,
-                        per_shopper_limit=5, group_threshold=threshold))
+                    await catalog.add_deal(
+                        s,
+                        day,
+                        DealIn(
+                            product_id=ids[sku],
+                            group_price_fen=price,
+                            stock=stock,
+                            per_shopper_limit=5,
+                            group_threshold=threshold,
+                        ),
+                    )
             await catalog.publish_sale_day(s, day)
     return {"sale_date": day.isoformat(), "leaders": [n for n, *_ in DEMO_LEADERS]}

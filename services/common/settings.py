@@ -115,7 +115,9 @@ class Settings(BaseSettings):
             if self.dev_identity_provider:
                 bad.append("DEV_IDENTITY_PROVIDER (must be false)")
             if bad:
-                raise ValueError("production settings still hold development values: " + ", ".join(bad))
+                raise ValueError(
+                    "production settings still hold development values: " + ", ".join(bad)
+                )
         return self
 
     def database_url_for(self, service: str) -> str:

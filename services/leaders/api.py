@@ -26,13 +26,18 @@ db = get_db("leaders")
 auth = APIRouter(prefix="/auth", tags=["auth"])
 me = APIRouter(prefix="/me", tags=["me"])
 leaders = APIRouter(prefix="/leaders", tags=["leaders"])
-internal = APIRouter(prefix="/internal", tags=["internal"],
-                     dependencies=[Depends(require_service_token)], include_in_schema=False)
+internal = APIRouter(
+    prefix="/internal",
+    tags=["internal"],
+    dependencies=[Depends(require_service_token)],
+    include_in_schema=False,
+)
 
 
 @auth.post("/staff/token", response_model=TokenOut)
-async def staff_token(username: Annotated[str, Form(max_length=100)],
-                      password: Annotated[str, Form(max_length=200)]) -> TokenOut:
+async def staff_token(
+    username: Annotated[str, Form(max_length=100)], password: Annotated[str, Form(max_length=200)]
+) -> TokenOut:
     async with db.transaction() as s:
         return TokenOut(access_token=await service.staff_login(s, username, password))
 
@@ -41,14 +46,26 @@ async def staff_token(username: Annotated[str, Form(max_length=100)],
 async def wechat_session(body: WechatSessionIn) -> SessionOut:
     async with db.transaction() as s:
         token, user, roles, leader_id = await service.wechat_login(s, body.code)
-    return SessionOut(access_token=token, user=UserOut(
-        id=user.id, name=user.display_name, roles=roles, leader_id=leader_id,
-        bound_leader_id=user.bound_leader_id))
+    return SessionOut(
+        access_token=token,
+        user=UserOut(
+            id=user.id,
+            name=user.display_name,
+            roles=roles,
+            leader_id=leader_id,
+            bound_leader_id=user.bound_leader_id,
+        ),
+    )
 
 
 def _me(user, principal) -> MeOut:
-    return MeOut(id=user.id, name=user.display_name, roles=list(principal.roles),
-                 leader_id=principal.leader_id, bound_leader_id=user.bound_leader_id)
+    return MeOut(
+        id=user.id,
+        name=user.display_name,
+        roles=list(principal.roles),
+        leader_id=principal.leader_id,
+        bound_leader_id=user.bound_leader_id,
+    )
 
 
 @me.get("", response_model=MeOut)
@@ -64,26 +81,31 @@ async def bind_leader(body: BindLeaderIn, principal: Shopper) -> MeOut:
 
 
 @leaders.get("", response_model=Page[LeaderOut])
-async def list_leaders(_: Staff, page: PageDep, tier: Tier | None = None,
-                       status: LeaderStatus | None = None) -> Page[LeaderOut]:
+async def list_leaders(
+    _: Staff, page: PageDep, tier: Tier | None = None, status: LeaderStatus | None = None
+) -> Page[LeaderOut]:
     async with db.session() as s:
-        rows = await service.list_leaders(s, tier=tier, status=status, after_id=page.after_id,
-                                          limit=page.limit)
+        rows = await service.list_leaders(
+            s, tier=tier, status=status, after_id=page.after_id, limit=page.limit
+        )
     rows, cursor = make_page(rows, page)
     return Page(items=[LeaderOut(**service.leader_out(r)) for r in rows], next_cursor=cursor)
 
 
 @leaders.get("/nearby", response_model=Page[NearbyLeaderOut])
-async def nearby(lat: Annotated[float, Query(ge=-90, le=90)],
-                 lng: Annotated[float, Query(ge=-180, le=180)],
-                 limit: Annotated[int, Query(ge=1, le=100)] = 20,
-                 cursor: Annotated[int, Query(ge=0, le=100_000, description="offset")] = 0,
-                 ) -> Page[NearbyLeaderOut]:
+async def nearby(
+    lat: Annotated[float, Query(ge=-90, le=90)],
+    lng: Annotated[float, Query(ge=-180, le=180)],
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[int, Query(ge=0, le=100_000, description="offset")] = 0,
+) -> Page[NearbyLeaderOut]:
     async with db.session() as s:
         rows = await service.nearby(s, lat, lng, limit + 1, cursor)
     more = len(rows) > limit
-    return Page(items=[NearbyLeaderOut(**r) for r in rows[:limit]],
-                next_cursor=str(cursor + limit) if more else None)
+    return Page(
+        items=[NearbyLeaderOut(**r) for r in rows[:limit]],
+        next_cursor=str(cursor + limit) if more else None,
+    )
 
 
 @leaders.get("/{leader_id}", response_model=LeaderOut)

@@ -38,8 +38,9 @@ class User(SQLModel, table=True):
     # the identity provider's stable id: WeChat openid, `dev:<name>`, `staff:<name>`
     external_id: str = Field(max_length=200, unique=True)
     display_name: str = Field(default="", max_length=100)
-    roles: list[str] = Field(default_factory=lambda: ["shopper"],
-                             sa_column=Column(ARRAY(String(16)), nullable=False))
+    roles: list[str] = Field(
+        default_factory=lambda: ["shopper"], sa_column=Column(ARRAY(String(16)), nullable=False)
+    )
     bound_leader_id: int | None = Field(default=None, index=True)
     created_at: datetime = ts_field(default_now=True)
 

@@ -35,11 +35,16 @@ def rate_for(tier: str) -> Decimal:
 
 
 async def upsert_user(s: AsyncSession, external_id: str, name: str, roles: list[str]) -> User:
-    row = (await s.execute(text(
-        "INSERT INTO leaders.users (external_id, display_name, roles, created_at) "
-        "VALUES (:e, :n, :r, now()) ON CONFLICT (external_id) "
-        "DO UPDATE SET display_name = leaders.users.display_name RETURNING id"),
-        {"e": external_id, "n": name, "r": roles})).scalar_one()
+    row = (
+        await s.execute(
+            text(
+                "INSERT INTO leaders.users (external_id, display_name, roles, created_at) "
+                "VALUES (:e, :n, :r, now()) ON CONFLICT (external_id) "
+                "DO UPDATE SET display_name = leaders.users.display_name RETURNING id"
+            ),
+            {"e": external_id, "n": name, "r": roles},
+        )
+    ).scalar_one()
     return (await s.execute(select(User).where(User.id == row))).scalar_one()
 
 
@@ -80,9 +85,15 @@ async def wechat_identity(code: str) -> tuple[str, str]:
         return f"dev:{name}", name
     try:
         async with httpx.AsyncClient(timeout=5) as client:
-            resp = await client.get(st.wechat_code2session_url, params={
-                "appid": st.wechat_app_id, "secret": st.wechat_app_secret, "js_code": code,
-                "grant_type": "authorization_code"})
+            resp = await client.get(
+                st.wechat_code2session_url,
+                params={
+                    "appid": st.wechat_app_id,
+                    "secret": st.wechat_app_secret,
+                    "js_code": code,
+                    "grant_type": "authorization_code",
+                },
+            )
         body = resp.json()
     except (httpx.HTTPError, ValueError) as e:
         raise PeerUnavailable("WeChat login is unavailable", code="wechat_unavailable") from e
@@ -117,25 +128,38 @@ async def bind_shopper(s: AsyncSession, user_id: int, leader_id: int) -> User:
     leader = await get_leader(s, leader_id)
     if leader.status != LeaderStatus.active:
         raise LeaderNotActive("this pickup point is not taking new members")
-    await s.execute(text("UPDATE leaders.users SET bound_leader_id = :l WHERE id = :u"),
-                    {"l": leader_id, "u": user_id})
+    await s.execute(
+        text("UPDATE leaders.users SET bound_leader_id = :l WHERE id = :u"),
+        {"l": leader_id, "u": user_id},
+    )
     return await get_user(s, user_id)
 
 
 async def shopper_leader(s: AsyncSession, user_id: int) -> dict:
-    row = (await s.execute(text(
-        "SELECT u.id AS shopper_id, l.id AS leader_id, l.status, l.tier FROM leaders.users u "
-        "JOIN leaders.leaders l ON l.id = u.bound_leader_id WHERE u.id = :u"),
-        {"u": user_id})).first()
+    row = (
+        await s.execute(
+            text(
+                "SELECT u.id AS shopper_id, l.id AS leader_id, l.status, l.tier FROM leaders.users u "
+                "JOIN leaders.leaders l ON l.id = u.bound_leader_id WHERE u.id = :u"
+            ),
+            {"u": user_id},
+        )
+    ).first()
     if row is None:
         raise NotBound("bind to a leader's pickup point first (PUT /me/leader)")
-    return {"shopper_id": row.shopper_id, "leader_id": row.leader_id, "status": row.status,
-            "tier": row.tier, "commission_rate": rate_for(row.tier),
-            "accepts_orders": row.status == LeaderStatus.active}
+    return {
+        "shopper_id": row.shopper_id,
+        "leader_id": row.leader_id,
+        "status": row.status,
+        "tier": row.tier,
+        "commission_rate": rate_for(row.tier),
+        "accepts_orders": row.status == LeaderStatus.active,
+    }
 
 
-async def list_leaders(s: AsyncSession, *, tier: str | None, status: str | None,
-                       after_id: int | None, limit: int) -> list[Leader]:
+async def list_leaders(
+    s: AsyncSession, *, tier: str | None, status: str | None, after_id: int | None, limit: int
+) -> list[Leader]:
     q = select(Leader).order_by(Leader.id.desc()).limit(limit + 1)
     if tier:
         q = q.where(Leader.tier == tier)
@@ -159,15 +183,26 @@ def great_circle_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
 
 async def nearby(s: AsyncSession, lat: float, lng: float, limit: int, offset: int) -> list[dict]:
     radius_m = get_settings().nearby_radius_km * 1000
-    rows = (await s.execute(text(
-        "SELECT * FROM (SELECT id, community_name, pickup_address, pickup_hours, latitude, "
-        "longitude, 2 * :r * asin(least(1, sqrt(power(sin(radians(latitude - :lat) / 2), 2) + "
-        "cos(radians(:lat)) * cos(radians(latitude)) * "
-        "power(sin(radians(longitude - :lng) / 2), 2)))) AS distance_m "
-        "FROM leaders.leaders WHERE status = 'active' AND latitude IS NOT NULL) d "
-        "WHERE distance_m <= :radius ORDER BY distance_m, id LIMIT :limit OFFSET :offset"),
-        {"r": EARTH_RADIUS_M, "lat": lat, "lng": lng, "radius": radius_m, "limit": limit,
-         "offset": offset})).all()
+    rows = (
+        await s.execute(
+            text(
+                "SELECT * FROM (SELECT id, community_name, pickup_address, pickup_hours, latitude, "
+                "longitude, 2 * :r * asin(least(1, sqrt(power(sin(radians(latitude - :lat) / 2), 2) + "
+                "cos(radians(:lat)) * cos(radians(latitude)) * "
+                "power(sin(radians(longitude - :lng) / 2), 2)))) AS distance_m "
+                "FROM leaders.leaders WHERE status = 'active' AND latitude IS NOT NULL) d "
+                "WHERE distance_m <= :radius ORDER BY distance_m, id LIMIT :limit OFFSET :offset"
+            ),
+            {
+                "r": EARTH_RADIUS_M,
+                "lat": lat,
+                "lng": lng,
+                "radius": radius_m,
+                "limit": limit,
+                "offset": offset,
+            },
+        )
+    ).all()
     return [dict(r._mapping) | {"distance_m": round(r.distance_m)} for r in rows]
 
 

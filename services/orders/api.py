@@ -3,6 +3,7 @@
 import csv
 import io
 from datetime import date
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
@@ -28,22 +29,36 @@ from .schemas import (
 db = get_db("orders")
 router = APIRouter(prefix="/orders", tags=["orders"])
 payments = APIRouter(prefix="/payments", tags=["payments"])
-internal = APIRouter(prefix="/internal", tags=["internal"],
-                     dependencies=[Depends(require_service_token)], include_in_schema=False)
+internal = APIRouter(
+    prefix="/internal",
+    tags=["internal"],
+    dependencies=[Depends(require_service_token)],
+    include_in_schema=False,
+)
 
 
 def _order_out(order, lines, who) -> OrderOut:
     show_code = who is not None and order.shopper_id == who.user_id
-    payment_status = ("succeeded" if order.paid_at else
-                      "canceled" if order.status == OrderStatus.cancelled else
-                      "requires_payment")
+    payment_status = (
+        "succeeded"
+        if order.paid_at
+        else "canceled"
+        if order.status == OrderStatus.cancelled
+        else "requires_payment"
+    )
     return OrderOut(
         **order.model_dump(exclude={"pickup_code"}),
         pickup_code=order.pickup_code if show_code else None,
-        lines=[LineOut(**ln.model_dump(), amount_fen=ln.unit_price_fen * ln.quantity)
-               for ln in lines],
-        payment=PaymentOut(intent_id=order.payment_intent_id, status=payment_status,
-                           amount_fen=order.total_fen, currency=order.currency))
+        lines=[
+            LineOut(**ln.model_dump(), amount_fen=ln.unit_price_fen * ln.quantity) for ln in lines
+        ],
+        payment=PaymentOut(
+            intent_id=order.payment_intent_id,
+            status=payment_status,
+            amount_fen=order.total_fen,
+            currency=order.currency,
+        ),
+    )
 
 
 async def _read(order_id: int, who) -> OrderOut:
@@ -61,11 +76,16 @@ async def place_order(body: OrderIn, who: Shopper) -> OrderOut:
 
 
 @router.get("", response_model=Page[OrderOut])
-async def list_orders(who: CurrentPrincipal, page: PageDep, status: OrderStatus | None = None,
-                      pickup_date: date | None = None) -> Page[OrderOut]:
+async def list_orders(
+    who: CurrentPrincipal,
+    page: PageDep,
+    status: OrderStatus | None = None,
+    pickup_date: date | None = None,
+) -> Page[OrderOut]:
     async with db.session() as s:
-        rows = await service.list_orders(s, who, status=status, pickup_date=pickup_date,
-                                         after_id=page.after_id, limit=page.limit)
+        rows = await service.list_orders(
+            s, who, status=status, pickup_date=pickup_date, after_id=page.after_id, limit=page.limit
+        )
         rows, cursor = make_page(rows, page)
         lines = await service.lines_of(s, [o.id for o in rows])
     return Page(items=[_order_out(o, lines[o.id], who) for o in rows], next_cursor=cursor)
@@ -83,8 +103,9 @@ async def delivery_received(list_id: int, who: Leader) -> dict:
     return {"id": list_id, "status": "received", "orders_ready": ready}
 
 
-@router.get("/sorting-list", response_model=SortingListOut,
-            responses={200: {"content": {"text/csv": {}}}})
+@router.get(
+    "/sorting-list", response_model=SortingListOut, responses={200: {"content": {"text/csv": {}}}}
+)
 async def sorting_list(request: Request, _: Staff, pickup_date: date):
     async with db.session() as s:
         products = await service.sorting_list(s, pickup_date)
@@ -94,11 +115,20 @@ async def sorting_list(request: Request, _: Staff, pickup_date: date):
         writer.writerow(["deal_id", "product_id", "product", "leader_id", "quantity"])
         for p in products:
             for leader in p["leaders"]:
-                writer.writerow([p["deal_id"], p["product_id"], p["product"],
-                                 leader["leader_id"], leader["quantity"]])
-        return Response("\ufeff" + buf.getvalue(), media_type="text/csv; charset=utf-8",
-                        headers={"content-disposition":
-                                 f'attachment; filename="sorting-{pickup_date}.csv"'})
+                writer.writerow(
+                    [
+                        p["deal_id"],
+                        p["product_id"],
+                        p["product"],
+                        leader["leader_id"],
+                        leader["quantity"],
+                    ]
+                )
+        return Response(
+            "\ufeff" + buf.getvalue(),
+            media_type="text/csv; charset=utf-8",
+            headers={"content-disposition": f'attachment; filename="sorting-{pickup_date}.csv"'},
+        )
     return SortingListOut(pickup_date=pickup_date, products=products)
 
 
@@ -115,8 +145,9 @@ async def get_order(order_id: int, who: CurrentPrincipal) -> OrderOut:
 
 @router.post("/{order_id}/pay", response_model=OrderOut)
 async def pay(order_id: int, body: PayIn, who: Shopper) -> OrderOut:
-    await service.pay_order(db, order_id, who, body.payment_method,
-                            body.card.model_dump() if body.card else None)
+    await service.pay_order(
+        db, order_id, who, body.payment_method, body.card.model_dump() if body.card else None
+    )
     return await _read(order_id, who)
 
 

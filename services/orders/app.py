@@ -11,6 +11,10 @@ async def _shutdown() -> None:
     await get_provider().aclose()
 
 
-app = create_service_app("orders", routers, title="Orders",
-                         description="Group orders, payments, cutoff, delivery and pickup",
-                         on_shutdown=_shutdown)
+app = create_service_app(
+    "orders",
+    routers,
+    title="Orders",
+    description="Group orders, payments, cutoff, delivery and pickup",
+    on_shutdown=_shutdown,
+)

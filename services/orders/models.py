@@ -35,8 +35,9 @@ class GroupOrder(SQLModel, table=True):
         Index("ix_orders_shopper", "shopper_id", "id"),
         Index("ix_orders_leader", "leader_id", "id"),
         Index("ix_orders_sale_date_status", "sale_date", "status"),
-        Index("ix_orders_pending_expiry", "expires_at",
-              postgresql_where="status = 'pending_payment'"),
+        Index(
+            "ix_orders_pending_expiry", "expires_at", postgresql_where="status = 'pending_payment'"
+        ),
         CheckConstraint("refunded_fen >= 0 AND refunded_fen <= total_fen", name="refund_bounds"),
         {"schema": SCHEMA},
     )
@@ -74,8 +75,10 @@ class OrderLine(SQLModel, table=True):
         Index("ix_order_lines_order", "order_id"),
         Index("ix_order_lines_deal", "deal_id"),
         CheckConstraint("quantity > 0", name="positive_quantity"),
-        CheckConstraint("refunded_quantity >= 0 AND refunded_quantity <= quantity",
-                        name="refund_quantity_bounds"),
+        CheckConstraint(
+            "refunded_quantity >= 0 AND refunded_quantity <= quantity",
+            name="refund_quantity_bounds",
+        ),
         {"schema": SCHEMA},
     )
 

@@ -21,8 +21,9 @@ class CardIn(BaseModel):
 
 
 class PayIn(BaseModel):
-    payment_method: str | None = Field(default=None, min_length=3, max_length=100,
-                                       pattern=r"^pm_[A-Za-z0-9_]+$")
+    payment_method: str | None = Field(
+        default=None, min_length=3, max_length=100, pattern=r"^pm_[A-Za-z0-9_]+$"
+    )
     card: CardIn | None = Field(default=None, description="test/dev cards by number")
 
     @model_validator(mode="after")

@@ -25,7 +25,7 @@ from services.common.http import ServiceClient
 from services.common.payments import PaymentDeclined, ProviderRejected, get_provider
 from services.common.settings import get_settings
 
-from .models import GroupOrder, OrderLine, OrderStatus, Refund
+from .models import GroupOrder, OrderLine, OrderStatus
 
 log = structlog.get_logger()
 SCHEMA = "orders"
@@ -42,8 +42,14 @@ TRANSITIONS: dict[OrderStatus, tuple[OrderStatus, ...]] = {
     S.completed: (S.picked_up,),
     S.cancelled: (S.pending_payment, S.paid),
 }
-_STAMP = {S.paid: "paid_at", S.confirmed: "confirmed_at", S.ready_for_pickup: "ready_at",
-          S.picked_up: "picked_up_at", S.completed: "completed_at", S.cancelled: "cancelled_at"}
+_STAMP = {
+    S.paid: "paid_at",
+    S.confirmed: "confirmed_at",
+    S.ready_for_pickup: "ready_at",
+    S.picked_up: "picked_up_at",
+    S.completed: "completed_at",
+    S.cancelled: "cancelled_at",
+}
 
 
 class OrderNotFound(NotFound):
@@ -62,19 +68,24 @@ class OrderNotPayable(Conflict):
     code = "order_not_payable"
 
 
-async def transition(s: AsyncSession, to: OrderStatus, where: str, params: dict[str, Any],
-                     extra_set: str = "") -> list[Any]:
+async def transition(
+    s: AsyncSession, to: OrderStatus, where: str, params: dict[str, Any], extra_set: str = ""
+) -> list[Any]:
     """Move every order matching `where` (and an allowed from-status) to `to`."""
     allowed = ", ".join(f"'{f.value}'" for f in TRANSITIONS[to])
     sets = f"status = '{to.value}', {_STAMP[to]} = :now" + (f", {extra_set}" if extra_set else "")
-    rows = await s.execute(text(
-        f"UPDATE {SCHEMA}.orders SET {sets} WHERE status IN ({allowed}) AND ({where}) "
-        "RETURNING id, shopper_id, leader_id, sale_date, total_fen"),
-        {"now": clock.now(), **params})
+    rows = await s.execute(
+        text(
+            f"UPDATE {SCHEMA}.orders SET {sets} WHERE status IN ({allowed}) AND ({where}) "
+            "RETURNING id, shopper_id, leader_id, sale_date, total_fen"
+        ),
+        {"now": clock.now(), **params},
+    )
     return list(rows.all())
 
 
 # --- reading -------------------------------------------------------------------------------
+
 
 async def load_order(s: AsyncSession, order_id: int, *, lock: bool = False) -> GroupOrder:
     q = select(GroupOrder).where(GroupOrder.id == order_id)
@@ -98,16 +109,25 @@ async def lines_of(s: AsyncSession, order_ids: list[int]) -> dict[int, list[Orde
     out: dict[int, list[OrderLine]] = {i: [] for i in order_ids}
     if not order_ids:
         return out
-    rows = (await s.execute(select(OrderLine).where(OrderLine.order_id.in_(order_ids))
-                            .order_by(OrderLine.id))).scalars()
+    rows = (
+        await s.execute(
+            select(OrderLine).where(OrderLine.order_id.in_(order_ids)).order_by(OrderLine.id)
+        )
+    ).scalars()
     for line in rows:
         out[line.order_id].append(line)
     return out
 
 
-async def list_orders(s: AsyncSession, who: Principal, *, status: str | None,
-                      pickup_date: date | None, after_id: int | None, limit: int
-                      ) -> list[GroupOrder]:
+async def list_orders(
+    s: AsyncSession,
+    who: Principal,
+    *,
+    status: str | None,
+    pickup_date: date | None,
+    after_id: int | None,
+    limit: int,
+) -> list[GroupOrder]:
     q = select(GroupOrder).order_by(GroupOrder.id.desc()).limit(limit + 1)
     if not who.is_staff:
         if who.has("leader") and who.leader_id is not None:
@@ -125,6 +145,7 @@ async def list_orders(s: AsyncSession, who: Principal, *, status: str | None,
 
 # --- placing an order -------------------------------------------------------------------------
 
+
 async def place_order(db, who: Principal, items: list[dict]) -> int:
     """Snapshot the leader and prices, hold stock, record the order; all or nothing."""
     leader = await leaders_client.get(f"/internal/shoppers/{who.user_id}/leader")
@@ -132,8 +153,10 @@ async def place_order(db, who: Principal, items: list[dict]) -> int:
         raise LeaderSuspended("your leader's group is not taking orders right now")
     async with db.session() as s:
         order_id = (await s.execute(text("SELECT nextval('orders.orders_id_seq')"))).scalar_one()
-    held = await catalog_client.post("/internal/reservations", json={
-        "order_id": order_id, "shopper_id": who.user_id, "items": items})
+    held = await catalog_client.post(
+        "/internal/reservations",
+        json={"order_id": order_id, "shopper_id": who.user_id, "items": items},
+    )
     try:
         async with db.transaction() as s:
             await _insert_order(s, order_id, who.user_id, leader, held)
@@ -144,25 +167,44 @@ async def place_order(db, who: Principal, items: list[dict]) -> int:
     return order_id
 
 
-async def _insert_order(s: AsyncSession, order_id: int, shopper_id: int, leader: dict,
-                        held: dict) -> None:
+async def _insert_order(
+    s: AsyncSession, order_id: int, shopper_id: int, leader: dict, held: dict
+) -> None:
     st = get_settings()
     now = clock.now()
     cutoff = datetime.fromisoformat(held["cutoff_at"])
     total = sum(line["unit_price_fen"] * line["quantity"] for line in held["lines"])
-    s.add(GroupOrder(
-        id=order_id, shopper_id=shopper_id, leader_id=leader["leader_id"],
-        leader_tier=leader["tier"], commission_rate=Decimal(str(leader["commission_rate"])),
-        sale_date=date.fromisoformat(held["sale_date"]),
-        pickup_date=date.fromisoformat(held["pickup_date"]), total_fen=total,
-        currency=st.currency, created_at=now,
-        expires_at=min(now + timedelta(minutes=st.reservation_ttl_minutes), cutoff)))
+    s.add(
+        GroupOrder(
+            id=order_id,
+            shopper_id=shopper_id,
+            leader_id=leader["leader_id"],
+            leader_tier=leader["tier"],
+            commission_rate=Decimal(str(leader["commission_rate"])),
+            sale_date=date.fromisoformat(held["sale_date"]),
+            pickup_date=date.fromisoformat(held["pickup_date"]),
+            total_fen=total,
+            currency=st.currency,
+            created_at=now,
+            expires_at=min(now + timedelta(minutes=st.reservation_ttl_minutes), cutoff),
+        )
+    )
     await s.flush()
-    s.add_all([OrderLine(order_id=order_id, deal_id=line["deal_id"],
-                         product_id=line["product_id"], product_name=line["product_name"],
-                         category=line["category"], unit_price_fen=line["unit_price_fen"],
-                         quantity=line["quantity"], group_threshold=line["group_threshold"])
-               for line in held["lines"]])
+    s.add_all(
+        [
+            OrderLine(
+                order_id=order_id,
+                deal_id=line["deal_id"],
+                product_id=line["product_id"],
+                product_name=line["product_name"],
+                category=line["category"],
+                unit_price_fen=line["unit_price_fen"],
+                quantity=line["quantity"],
+                group_threshold=line["group_threshold"],
+            )
+            for line in held["lines"]
+        ]
+    )
     await s.flush()
 
 
@@ -171,13 +213,21 @@ async def cancel_unpaid(db, order_id: int, who: Principal) -> None:
         order = await load_order(s, order_id)
         if order.shopper_id != who.user_id:
             raise NotYourOrder("this order is not yours")
-        moved = await transition(s, S.cancelled, "id = :id AND status = 'pending_payment'",
-                                 {"id": order_id}, "cancel_reason = 'cancelled_by_shopper'")
+        moved = await transition(
+            s,
+            S.cancelled,
+            "id = :id AND status = 'pending_payment'",
+            {"id": order_id},
+            "cancel_reason = 'cancelled_by_shopper'",
+        )
         if not moved:
-            raise Conflict(f"order {order_id} is {order.status}; only unpaid orders can be "
-                           "cancelled", code="order_not_cancellable")
-        await emit(s, SCHEMA, "order.cancelled", {"order_id": order_id,
-                                                  "reason": "cancelled_by_shopper"})
+            raise Conflict(
+                f"order {order_id} is {order.status}; only unpaid orders can be cancelled",
+                code="order_not_cancellable",
+            )
+        await emit(
+            s, SCHEMA, "order.cancelled", {"order_id": order_id, "reason": "cancelled_by_shopper"}
+        )
     kick(db)
 
 
@@ -185,9 +235,13 @@ async def expire_unpaid_orders(db) -> int:
     """Reservations are held 15 minutes (a setting); then the order is cancelled and the
     catalog gets its stock back through `order.cancelled`."""
     async with db.transaction() as s:
-        moved = await transition(s, S.cancelled,
-                                 "status = 'pending_payment' AND expires_at <= :now", {},
-                                 "cancel_reason = 'expired'")
+        moved = await transition(
+            s,
+            S.cancelled,
+            "status = 'pending_payment' AND expires_at <= :now",
+            {},
+            "cancel_reason = 'expired'",
+        )
         for row in moved:
             await emit(s, SCHEMA, "order.cancelled", {"order_id": row.id, "reason": "expired"})
     if moved:
@@ -197,8 +251,10 @@ async def expire_unpaid_orders(db) -> int:
 
 # --- payment -------------------------------------------------------------------------------------
 
-async def pay_order(db, order_id: int, who: Principal, payment_method: str | None,
-                    card: dict | None) -> None:
+
+async def pay_order(
+    db, order_id: int, who: Principal, payment_method: str | None, card: dict | None
+) -> None:
     provider = get_provider()
     async with db.session() as s:
         order = await load_order(s, order_id)
@@ -206,39 +262,63 @@ async def pay_order(db, order_id: int, who: Principal, payment_method: str | Non
         raise NotYourOrder("this order is not yours")
     if order.status != S.pending_payment:
         if order.status == S.cancelled:
-            code = "order_expired" if order.cancel_reason in ("expired", "unpaid_at_cutoff") \
+            code = (
+                "order_expired"
+                if order.cancel_reason in ("expired", "unpaid_at_cutoff")
                 else "order_cancelled"
-            raise OrderNotPayable(f"order {order_id} was cancelled ({order.cancel_reason})",
-                                  code=code)
+            )
+            raise OrderNotPayable(
+                f"order {order_id} was cancelled ({order.cancel_reason})", code=code
+            )
         return  # already paid: paying again is a no-op, never a second charge
     if clock.now() >= order.expires_at:
         raise OrderNotPayable("the reservation has expired", code="order_expired")
 
     intent_id = order.payment_intent_id
     if intent_id is None:
-        intent = await provider.create_intent(order.total_fen, idempotency_key=f"order:{order_id}:intent",
-                                              metadata={"kind": "order", "order_id": order_id})
+        intent = await provider.create_intent(
+            order.total_fen,
+            idempotency_key=f"order:{order_id}:intent",
+            metadata={"kind": "order", "order_id": order_id},
+        )
         async with db.transaction() as s:
-            stored = (await s.execute(text(
-                "UPDATE orders.orders SET payment_intent_id = :pi WHERE id = :id AND "
-                "payment_intent_id IS NULL RETURNING payment_intent_id"),
-                {"pi": intent.id, "id": order_id})).scalar_one_or_none()
+            stored = (
+                await s.execute(
+                    text(
+                        "UPDATE orders.orders SET payment_intent_id = :pi WHERE id = :id AND "
+                        "payment_intent_id IS NULL RETURNING payment_intent_id"
+                    ),
+                    {"pi": intent.id, "id": order_id},
+                )
+            ).scalar_one_or_none()
             if stored is None:  # a concurrent /pay stored its intent first: use that one
-                stored = (await s.execute(text("SELECT payment_intent_id FROM orders.orders "
-                                               "WHERE id = :id"), {"id": order_id})).scalar_one()
+                stored = (
+                    await s.execute(
+                        text("SELECT payment_intent_id FROM orders.orders WHERE id = :id"),
+                        {"id": order_id},
+                    )
+                ).scalar_one()
         intent_id = stored
     async with db.transaction() as s:
-        attempt = (await s.execute(text(
-            "UPDATE orders.orders SET pay_attempts = pay_attempts + 1 WHERE id = :id AND "
-            "status = 'pending_payment' RETURNING pay_attempts"), {"id": order_id})).scalar_one_or_none()
+        attempt = (
+            await s.execute(
+                text(
+                    "UPDATE orders.orders SET pay_attempts = pay_attempts + 1 WHERE id = :id AND "
+                    "status = 'pending_payment' RETURNING pay_attempts"
+                ),
+                {"id": order_id},
+            )
+        ).scalar_one_or_none()
     if attempt is None:
         return
     if card is not None:
         payment_method = await provider.create_card_method(
-            card, idempotency_key=f"order:{order_id}:card:{attempt}")
+            card, idempotency_key=f"order:{order_id}:card:{attempt}"
+        )
     try:
-        intent = await provider.confirm_intent(intent_id, payment_method,
-                                               idempotency_key=f"order:{order_id}:confirm:{attempt}")
+        intent = await provider.confirm_intent(
+            intent_id, payment_method, idempotency_key=f"order:{order_id}:confirm:{attempt}"
+        )
     except ProviderRejected:
         intent = await provider.retrieve_intent(intent_id)  # e.g. already confirmed by a twin
     except PaymentDeclined:
@@ -265,16 +345,27 @@ async def record_payment(db, order_id: int, intent_id: str, amount_fen: int) -> 
 
 async def _record_payment(s: AsyncSession, order_id: int, intent_id: str, amount_fen: int) -> bool:
     """If the order was cancelled meanwhile (expired, cutoff), the money goes back."""
-    moved = await transition(s, S.paid, "id = :id AND payment_intent_id = :pi AND "
-                             "total_fen = :amount", {"id": order_id, "pi": intent_id,
-                                                     "amount": amount_fen,
-                                                     "code": new_pickup_code()},
-                             "pickup_code = :code")
+    moved = await transition(
+        s,
+        S.paid,
+        "id = :id AND payment_intent_id = :pi AND total_fen = :amount",
+        {"id": order_id, "pi": intent_id, "amount": amount_fen, "code": new_pickup_code()},
+        "pickup_code = :code",
+    )
     if moved:
         row = moved[0]
-        await emit(s, SCHEMA, "order.paid", {
-            "order_id": order_id, "shopper_id": row.shopper_id, "leader_id": row.leader_id,
-            "sale_date": row.sale_date.isoformat(), "total_fen": row.total_fen})
+        await emit(
+            s,
+            SCHEMA,
+            "order.paid",
+            {
+                "order_id": order_id,
+                "shopper_id": row.shopper_id,
+                "leader_id": row.leader_id,
+                "sale_date": row.sale_date.isoformat(),
+                "total_fen": row.total_fen,
+            },
+        )
         return True
     order = await load_order(s, order_id)
     if order.status == S.cancelled and order.payment_intent_id == intent_id:
@@ -285,14 +376,27 @@ async def _record_payment(s: AsyncSession, order_id: int, intent_id: str, amount
 
 # --- refunds -----------------------------------------------------------------------------------
 
-async def _owe_refund(s: AsyncSession, order_id: int, reason: str, source_ref: str,
-                      amount_fen: int, lines: list[dict]) -> bool:
-    created = (await s.execute(text(
-        "INSERT INTO orders.refunds (order_id, reason, source_ref, amount_fen, lines, status, "
-        "attempts, created_at) VALUES (:o, :r, :src, :a, CAST(:lines AS jsonb), 'pending', 0, :now)"
-        " ON CONFLICT ON CONSTRAINT uq_refunds_source DO NOTHING RETURNING id"),
-        {"o": order_id, "r": reason, "src": source_ref, "a": amount_fen,
-         "lines": _json(lines), "now": clock.now()})).scalar_one_or_none()
+
+async def _owe_refund(
+    s: AsyncSession, order_id: int, reason: str, source_ref: str, amount_fen: int, lines: list[dict]
+) -> bool:
+    created = (
+        await s.execute(
+            text(
+                "INSERT INTO orders.refunds (order_id, reason, source_ref, amount_fen, lines, status, "
+                "attempts, created_at) VALUES (:o, :r, :src, :a, CAST(:lines AS jsonb), 'pending', 0, :now)"
+                " ON CONFLICT ON CONSTRAINT uq_refunds_source DO NOTHING RETURNING id"
+            ),
+            {
+                "o": order_id,
+                "r": reason,
+                "src": source_ref,
+                "a": amount_fen,
+                "lines": _json(lines),
+                "now": clock.now(),
+            },
+        )
+    ).scalar_one_or_none()
     return created is not None
 
 
@@ -308,31 +412,56 @@ async def execute_pending_refunds(db, limit: int = 50) -> int:
     done = 0
     while True:
         async with db.transaction() as s:
-            rows = (await s.execute(text(
-                "SELECT r.id, r.order_id, r.amount_fen, r.lines, r.reason, r.attempts, "
-                "o.payment_intent_id, o.leader_id FROM orders.refunds r JOIN orders.orders o "
-                "ON o.id = r.order_id WHERE r.status = 'pending' ORDER BY r.id LIMIT :n "
-                "FOR UPDATE OF r SKIP LOCKED"), {"n": limit})).all()
+            rows = (
+                await s.execute(
+                    text(
+                        "SELECT r.id, r.order_id, r.amount_fen, r.lines, r.reason, r.attempts, "
+                        "o.payment_intent_id, o.leader_id FROM orders.refunds r JOIN orders.orders o "
+                        "ON o.id = r.order_id WHERE r.status = 'pending' ORDER BY r.id LIMIT :n "
+                        "FOR UPDATE OF r SKIP LOCKED"
+                    ),
+                    {"n": limit},
+                )
+            ).all()
             for r in rows:
                 try:
-                    refund = await provider.refund(r.payment_intent_id, r.amount_fen,
-                                                   idempotency_key=f"refund:{r.id}",
-                                                   metadata={"order_id": r.order_id,
-                                                             "refund_id": r.id})
+                    refund = await provider.refund(
+                        r.payment_intent_id,
+                        r.amount_fen,
+                        idempotency_key=f"refund:{r.id}",
+                        metadata={"order_id": r.order_id, "refund_id": r.id},
+                    )
                 except Exception as e:  # noqa: BLE001 - provider trouble: retried later
                     status = "failed" if r.attempts + 1 >= 10 else "pending"
-                    await s.execute(text(
-                        "UPDATE orders.refunds SET attempts = attempts + 1, last_error = :e, "
-                        "status = :st WHERE id = :id"), {"e": str(e)[:500], "st": status, "id": r.id})
+                    await s.execute(
+                        text(
+                            "UPDATE orders.refunds SET attempts = attempts + 1, last_error = :e, "
+                            "status = :st WHERE id = :id"
+                        ),
+                        {"e": str(e)[:500], "st": status, "id": r.id},
+                    )
                     log.warning("refund_failed", refund_id=r.id, error=str(e))
                     continue
-                await s.execute(text(
-                    "UPDATE orders.refunds SET status = 'succeeded', provider_refund_id = :p, "
-                    "succeeded_at = :now, attempts = attempts + 1 WHERE id = :id AND status = 'pending'"),
-                    {"p": refund.id, "now": clock.now(), "id": r.id})
-                await emit(s, SCHEMA, "order.refunded", {
-                    "order_id": r.order_id, "refund_id": r.id, "leader_id": r.leader_id,
-                    "reason": r.reason, "amount_fen": r.amount_fen, "lines": r.lines})
+                await s.execute(
+                    text(
+                        "UPDATE orders.refunds SET status = 'succeeded', provider_refund_id = :p, "
+                        "succeeded_at = :now, attempts = attempts + 1 WHERE id = :id AND status = 'pending'"
+                    ),
+                    {"p": refund.id, "now": clock.now(), "id": r.id},
+                )
+                await emit(
+                    s,
+                    SCHEMA,
+                    "order.refunded",
+                    {
+                        "order_id": r.order_id,
+                        "refund_id": r.id,
+                        "leader_id": r.leader_id,
+                        "reason": r.reason,
+                        "amount_fen": r.amount_fen,
+                        "lines": r.lines,
+                    },
+                )
                 done += 1
         if len(rows) < limit:
             break
@@ -342,64 +471,113 @@ async def execute_pending_refunds(db, limit: int = 50) -> int:
 
 # --- the daily cutoff --------------------------------------------------------------------------
 
+
 async def apply_cutoff(db, sale_date: date) -> dict:
     """Thresholds decided, missed lines cancelled and refunded, the rest confirmed,
     delivery lists built; all in one transaction, and a second run changes nothing."""
     params = {"d": sale_date}
     async with db.transaction() as s:
-        unpaid = await transition(s, S.cancelled, "sale_date = :d AND status = 'pending_payment'",
-                                  params, "cancel_reason = 'unpaid_at_cutoff'")
+        unpaid = await transition(
+            s,
+            S.cancelled,
+            "sale_date = :d AND status = 'pending_payment'",
+            params,
+            "cancel_reason = 'unpaid_at_cutoff'",
+        )
         for row in unpaid:
-            await emit(s, SCHEMA, "order.cancelled", {"order_id": row.id,
-                                                      "reason": "unpaid_at_cutoff"})
-        deals = (await s.execute(text(
-            "SELECT l.deal_id, max(l.group_threshold) AS threshold, "
-            "coalesce(sum(l.quantity) FILTER (WHERE l.status = 'active'), 0) AS qty "
-            "FROM orders.order_lines l JOIN orders.orders o ON o.id = l.order_id "
-            "WHERE o.sale_date = :d AND o.status NOT IN ('pending_payment', 'cancelled') "
-            "GROUP BY l.deal_id"), params)).all()
+            await emit(
+                s, SCHEMA, "order.cancelled", {"order_id": row.id, "reason": "unpaid_at_cutoff"}
+            )
+        deals = (
+            await s.execute(
+                text(
+                    "SELECT l.deal_id, max(l.group_threshold) AS threshold, "
+                    "coalesce(sum(l.quantity) FILTER (WHERE l.status = 'active'), 0) AS qty "
+                    "FROM orders.order_lines l JOIN orders.orders o ON o.id = l.order_id "
+                    "WHERE o.sale_date = :d AND o.status NOT IN ('pending_payment', 'cancelled') "
+                    "GROUP BY l.deal_id"
+                ),
+                params,
+            )
+        ).all()
         failed = [d.deal_id for d in deals if d.threshold > 0 and d.qty < d.threshold]
-        cancelled_lines = (await s.execute(text(
-            "UPDATE orders.order_lines l SET status = 'cancelled', refunded_quantity = l.quantity,"
-            " refunded_fen = l.unit_price_fen * l.quantity FROM orders.orders o "
-            "WHERE l.order_id = o.id AND o.sale_date = :d AND o.status = 'paid' "
-            "AND l.status = 'active' AND l.deal_id = ANY(:failed) "
-            "RETURNING l.order_id, l.id, l.unit_price_fen * l.quantity AS amount"),
-            {**params, "failed": failed})).all()
+        cancelled_lines = (
+            await s.execute(
+                text(
+                    "UPDATE orders.order_lines l SET status = 'cancelled', refunded_quantity = l.quantity,"
+                    " refunded_fen = l.unit_price_fen * l.quantity FROM orders.orders o "
+                    "WHERE l.order_id = o.id AND o.sale_date = :d AND o.status = 'paid' "
+                    "AND l.status = 'active' AND l.deal_id = ANY(:failed) "
+                    "RETURNING l.order_id, l.id, l.unit_price_fen * l.quantity AS amount"
+                ),
+                {**params, "failed": failed},
+            )
+        ).all()
         per_order: dict[int, list] = {}
         for line in cancelled_lines:
             per_order.setdefault(line.order_id, []).append(line)
         for order_id, lines in per_order.items():
             amount = sum(x.amount for x in lines)
-            await s.execute(text("UPDATE orders.orders SET refunded_fen = refunded_fen + :a "
-                                 "WHERE id = :id"), {"a": amount, "id": order_id})
-            await _owe_refund(s, order_id, "group_threshold_missed", "cutoff", amount,
-                              [{"line_id": x.id, "amount_fen": x.amount} for x in lines])
-        emptied = await transition(s, S.cancelled, "sale_date = :d AND status = 'paid' AND "
-                                   "NOT EXISTS (SELECT 1 FROM orders.order_lines l WHERE "
-                                   "l.order_id = orders.orders.id AND l.status = 'active')",
-                                   params, "cancel_reason = 'group_threshold_missed'")
+            await s.execute(
+                text("UPDATE orders.orders SET refunded_fen = refunded_fen + :a WHERE id = :id"),
+                {"a": amount, "id": order_id},
+            )
+            await _owe_refund(
+                s,
+                order_id,
+                "group_threshold_missed",
+                "cutoff",
+                amount,
+                [{"line_id": x.id, "amount_fen": x.amount} for x in lines],
+            )
+        emptied = await transition(
+            s,
+            S.cancelled,
+            "sale_date = :d AND status = 'paid' AND "
+            "NOT EXISTS (SELECT 1 FROM orders.order_lines l WHERE "
+            "l.order_id = orders.orders.id AND l.status = 'active')",
+            params,
+            "cancel_reason = 'group_threshold_missed'",
+        )
         confirmed = await transition(s, S.confirmed, "sale_date = :d AND status = 'paid'", params)
         for row in confirmed:
-            await emit(s, SCHEMA, "order.confirmed", {"order_id": row.id,
-                                                      "leader_id": row.leader_id})
-        await s.execute(text(
-            "INSERT INTO orders.delivery_lists (sale_date, pickup_date, leader_id, status, "
-            "created_at) SELECT DISTINCT sale_date, pickup_date, leader_id, 'pending', :now "
-            "FROM orders.orders WHERE sale_date = :d AND status = 'confirmed' "
-            "ON CONFLICT ON CONSTRAINT uq_delivery_lists_day_leader DO NOTHING"),
-            {**params, "now": clock.now()})
-        await s.execute(text(
-            "UPDATE orders.orders o SET delivery_list_id = dl.id FROM orders.delivery_lists dl "
-            "WHERE o.sale_date = :d AND o.status = 'confirmed' AND o.delivery_list_id IS NULL "
-            "AND dl.sale_date = o.sale_date AND dl.leader_id = o.leader_id"), params)
-        lists = (await s.execute(text("SELECT count(*) FROM orders.delivery_lists "
-                                      "WHERE sale_date = :d"), params)).scalar_one()
+            await emit(
+                s, SCHEMA, "order.confirmed", {"order_id": row.id, "leader_id": row.leader_id}
+            )
+        await s.execute(
+            text(
+                "INSERT INTO orders.delivery_lists (sale_date, pickup_date, leader_id, status, "
+                "created_at) SELECT DISTINCT sale_date, pickup_date, leader_id, 'pending', CAST(:now AS timestamptz) "
+                "FROM orders.orders WHERE sale_date = :d AND status = 'confirmed' "
+                "ON CONFLICT ON CONSTRAINT uq_delivery_lists_day_leader DO NOTHING"
+            ),
+            {**params, "now": clock.now()},
+        )
+        await s.execute(
+            text(
+                "UPDATE orders.orders o SET delivery_list_id = dl.id FROM orders.delivery_lists dl "
+                "WHERE o.sale_date = :d AND o.status = 'confirmed' AND o.delivery_list_id IS NULL "
+                "AND dl.sale_date = o.sale_date AND dl.leader_id = o.leader_id"
+            ),
+            params,
+        )
+        lists = (
+            await s.execute(
+                text("SELECT count(*) FROM orders.delivery_lists WHERE sale_date = :d"), params
+            )
+        ).scalar_one()
     kick(db)
     return {
         "sale_date": sale_date,
-        "deals": [{"deal_id": d.deal_id, "paid_quantity": d.qty, "group_threshold": d.threshold,
-                   "outcome": "failed" if d.deal_id in failed else "succeeded"} for d in deals],
+        "deals": [
+            {
+                "deal_id": d.deal_id,
+                "paid_quantity": d.qty,
+                "group_threshold": d.threshold,
+                "outcome": "failed" if d.deal_id in failed else "succeeded",
+            }
+            for d in deals
+        ],
         "orders_confirmed": len(confirmed),
         "orders_cancelled": len(unpaid) + len(emptied),
         "lines_refunded": len(cancelled_lines),
@@ -409,6 +587,7 @@ async def apply_cutoff(db, sale_date: date) -> dict:
 
 # --- delivery and pickup -----------------------------------------------------------------------
 
+
 async def delivery_lists(s: AsyncSession, who: Principal, pickup_date: date) -> list[dict]:
     params: dict[str, Any] = {"p": pickup_date}
     mine = ""
@@ -417,29 +596,60 @@ async def delivery_lists(s: AsyncSession, who: Principal, pickup_date: date) -> 
             raise Forbidden("delivery lists are for leaders and staff", code="wrong_role")
         mine = " AND dl.leader_id = :leader"
         params["leader"] = who.leader_id
-    lists = (await s.execute(text(
-        "SELECT dl.id, dl.sale_date, dl.pickup_date, dl.leader_id, dl.status FROM "
-        f"orders.delivery_lists dl WHERE dl.pickup_date = :p{mine} ORDER BY dl.leader_id"),
-        params)).all()
+    lists = (
+        await s.execute(
+            text(
+                "SELECT dl.id, dl.sale_date, dl.pickup_date, dl.leader_id, dl.status FROM "
+                f"orders.delivery_lists dl WHERE dl.pickup_date = :p{mine} ORDER BY dl.leader_id"
+            ),
+            params,
+        )
+    ).all()
     if not lists:
         return []
     ids = [dl.id for dl in lists]
-    lines = (await s.execute(text(
-        "SELECT o.delivery_list_id AS list_id, l.deal_id, l.product_id, l.product_name, "
-        "sum(l.quantity - l.refunded_quantity) AS quantity FROM orders.orders o "
-        "JOIN orders.order_lines l ON l.order_id = o.id WHERE o.delivery_list_id = ANY(:ids) "
-        "AND l.status = 'active' GROUP BY o.delivery_list_id, l.deal_id, l.product_id, "
-        "l.product_name ORDER BY l.deal_id"), {"ids": ids})).all()
-    orders = (await s.execute(text(
-        "SELECT delivery_list_id AS list_id, id FROM orders.orders WHERE delivery_list_id = "
-        "ANY(:ids) ORDER BY id"), {"ids": ids})).all()
-    out = {dl.id: {"id": dl.id, "sale_date": dl.sale_date, "pickup_date": dl.pickup_date,
-                   "leader_id": dl.leader_id, "status": dl.status, "lines": [], "orders": []}
-           for dl in lists}
+    lines = (
+        await s.execute(
+            text(
+                "SELECT o.delivery_list_id AS list_id, l.deal_id, l.product_id, l.product_name, "
+                "sum(l.quantity - l.refunded_quantity) AS quantity FROM orders.orders o "
+                "JOIN orders.order_lines l ON l.order_id = o.id WHERE o.delivery_list_id = ANY(:ids) "
+                "AND l.status = 'active' GROUP BY o.delivery_list_id, l.deal_id, l.product_id, "
+                "l.product_name ORDER BY l.deal_id"
+            ),
+            {"ids": ids},
+        )
+    ).all()
+    orders = (
+        await s.execute(
+            text(
+                "SELECT delivery_list_id AS list_id, id FROM orders.orders WHERE delivery_list_id = "
+                "ANY(:ids) ORDER BY id"
+            ),
+            {"ids": ids},
+        )
+    ).all()
+    out = {
+        dl.id: {
+            "id": dl.id,
+            "sale_date": dl.sale_date,
+            "pickup_date": dl.pickup_date,
+            "leader_id": dl.leader_id,
+            "status": dl.status,
+            "lines": [],
+            "orders": [],
+        }
+        for dl in lists
+    }
     for line in lines:
-        out[line.list_id]["lines"].append({"deal_id": line.deal_id, "product_id": line.product_id,
-                                           "product": line.product_name,
-                                           "quantity": int(line.quantity)})
+        out[line.list_id]["lines"].append(
+            {
+                "deal_id": line.deal_id,
+                "product_id": line.product_id,
+                "product": line.product_name,
+                "quantity": int(line.quantity),
+            }
+        )
     for o in orders:
         out[o.list_id]["orders"].append(o.id)
     return list(out.values())
@@ -447,18 +657,31 @@ async def delivery_lists(s: AsyncSession, who: Principal, pickup_date: date) -> 
 
 async def sorting_list(s: AsyncSession, pickup_date: date) -> list[dict]:
     """分拣单: per product, how many go to which leader."""
-    rows = (await s.execute(text(
-        "SELECT l.deal_id, l.product_id, l.product_name, o.leader_id, "
-        "sum(l.quantity - l.refunded_quantity) AS quantity FROM orders.orders o "
-        "JOIN orders.order_lines l ON l.order_id = o.id WHERE o.pickup_date = :p "
-        "AND o.delivery_list_id IS NOT NULL AND l.status = 'active' "
-        "GROUP BY l.deal_id, l.product_id, l.product_name, o.leader_id "
-        "ORDER BY l.deal_id, o.leader_id"), {"p": pickup_date})).all()
+    rows = (
+        await s.execute(
+            text(
+                "SELECT l.deal_id, l.product_id, l.product_name, o.leader_id, "
+                "sum(l.quantity - l.refunded_quantity) AS quantity FROM orders.orders o "
+                "JOIN orders.order_lines l ON l.order_id = o.id WHERE o.pickup_date = :p "
+                "AND o.delivery_list_id IS NOT NULL AND l.status = 'active' "
+                "GROUP BY l.deal_id, l.product_id, l.product_name, o.leader_id "
+                "ORDER BY l.deal_id, o.leader_id"
+            ),
+            {"p": pickup_date},
+        )
+    ).all()
     products: dict[int, dict] = {}
     for r in rows:
-        p = products.setdefault(r.deal_id, {"deal_id": r.deal_id, "product_id": r.product_id,
-                                            "product": r.product_name, "total_quantity": 0,
-                                            "leaders": []})
+        p = products.setdefault(
+            r.deal_id,
+            {
+                "deal_id": r.deal_id,
+                "product_id": r.product_id,
+                "product": r.product_name,
+                "total_quantity": 0,
+                "leaders": [],
+            },
+        )
         p["total_quantity"] += int(r.quantity)
         p["leaders"].append({"leader_id": r.leader_id, "quantity": int(r.quantity)})
     return list(products.values())
@@ -466,20 +689,33 @@ async def sorting_list(s: AsyncSession, pickup_date: date) -> list[dict]:
 
 async def mark_delivery_received(db, list_id: int, who: Principal) -> int:
     async with db.transaction() as s:
-        dl = (await s.execute(text("SELECT id, leader_id, status FROM orders.delivery_lists "
-                                   "WHERE id = :id"), {"id": list_id})).first()
+        dl = (
+            await s.execute(
+                text("SELECT id, leader_id, status FROM orders.delivery_lists WHERE id = :id"),
+                {"id": list_id},
+            )
+        ).first()
         if dl is None:
-            raise NotFound(f"delivery list {list_id} does not exist", code="delivery_list_not_found")
+            raise NotFound(
+                f"delivery list {list_id} does not exist", code="delivery_list_not_found"
+            )
         if dl.leader_id != who.leader_id:
             raise Forbidden("this delivery list is another leader's", code="not_your_delivery_list")
-        await s.execute(text("UPDATE orders.delivery_lists SET status = 'received', "
-                             "received_at = :now WHERE id = :id AND status = 'pending'"),
-                        {"id": list_id, "now": clock.now()})
-        ready = await transition(s, S.ready_for_pickup, "delivery_list_id = :dl",
-                                 {"dl": list_id})
+        await s.execute(
+            text(
+                "UPDATE orders.delivery_lists SET status = 'received', "
+                "received_at = :now WHERE id = :id AND status = 'pending'"
+            ),
+            {"id": list_id, "now": clock.now()},
+        )
+        ready = await transition(s, S.ready_for_pickup, "delivery_list_id = :dl", {"dl": list_id})
         for row in ready:
-            await emit(s, SCHEMA, "order.ready_for_pickup", {"order_id": row.id,
-                                                             "leader_id": row.leader_id})
+            await emit(
+                s,
+                SCHEMA,
+                "order.ready_for_pickup",
+                {"order_id": row.id, "leader_id": row.leader_id},
+            )
     kick(db)
     return len(ready)
 
@@ -489,34 +725,58 @@ async def redeem_pickup(db, code: str, who: Principal) -> int:
     if who.leader_id is None:
         raise Forbidden("only leaders redeem pickup codes", code="wrong_role")
     async with db.transaction() as s:
-        moved = await transition(s, S.picked_up, "pickup_code = :c AND leader_id = :l",
-                                 {"c": code, "l": who.leader_id})
+        moved = await transition(
+            s, S.picked_up, "pickup_code = :c AND leader_id = :l", {"c": code, "l": who.leader_id}
+        )
         if not moved:
-            order = (await s.execute(select(GroupOrder).where(GroupOrder.pickup_code == code,
-                                                              GroupOrder.leader_id == who.leader_id)
-                                     )).scalar_one_or_none()
+            order = (
+                await s.execute(
+                    select(GroupOrder).where(
+                        GroupOrder.pickup_code == code, GroupOrder.leader_id == who.leader_id
+                    )
+                )
+            ).scalar_one_or_none()
             if order is None:
-                raise NotFound("no order of yours has this pickup code",
-                               code="pickup_code_not_found")
+                raise NotFound(
+                    "no order of yours has this pickup code", code="pickup_code_not_found"
+                )
             if order.status in (S.picked_up, S.completed):
                 raise Conflict("this order was already picked up", code="already_picked_up")
-            raise Conflict(f"this order is {order.status}, not ready for pickup",
-                           code="not_ready_for_pickup")
+            raise Conflict(
+                f"this order is {order.status}, not ready for pickup", code="not_ready_for_pickup"
+            )
         order = await load_order(s, moved[0].id)
         lines = [ln for ln in (await lines_of(s, [order.id]))[order.id] if ln.status == "active"]
-        await emit(s, SCHEMA, "order.picked_up", {
-            "order_id": order.id, "shopper_id": order.shopper_id, "leader_id": order.leader_id,
-            "leader_tier": order.leader_tier, "commission_rate": str(order.commission_rate),
-            "sale_date": order.sale_date.isoformat(), "picked_up_at": order.picked_up_at.isoformat(),
-            "total_fen": order.total_fen, "refunded_fen": order.refunded_fen,
-            "lines": [{"line_id": ln.id, "deal_id": ln.deal_id,
-                       "base_fen": ln.unit_price_fen * ln.quantity - ln.refunded_fen}
-                      for ln in lines]})
+        await emit(
+            s,
+            SCHEMA,
+            "order.picked_up",
+            {
+                "order_id": order.id,
+                "shopper_id": order.shopper_id,
+                "leader_id": order.leader_id,
+                "leader_tier": order.leader_tier,
+                "commission_rate": str(order.commission_rate),
+                "sale_date": order.sale_date.isoformat(),
+                "picked_up_at": order.picked_up_at.isoformat(),
+                "total_fen": order.total_fen,
+                "refunded_fen": order.refunded_fen,
+                "lines": [
+                    {
+                        "line_id": ln.id,
+                        "deal_id": ln.deal_id,
+                        "base_fen": ln.unit_price_fen * ln.quantity - ln.refunded_fen,
+                    }
+                    for ln in lines
+                ],
+            },
+        )
     kick(db)
     return order.id
 
 
 # --- provider webhooks ---------------------------------------------------------------------------
+
 
 async def handle_provider_event(db, event: dict) -> bool:
     """Store the verified event and act on it in one transaction; a redelivery is
@@ -524,10 +784,14 @@ async def handle_provider_event(db, event: dict) -> bool:
     obj = (event.get("data") or {}).get("object") or {}
     meta = obj.get("metadata") or {}
     async with db.transaction() as s:
-        fresh = (await s.execute(text(
-            "INSERT INTO orders.payment_events (id, type, payload, received_at) VALUES "
-            "(:id, :t, CAST(:p AS jsonb), :now) ON CONFLICT (id) DO NOTHING RETURNING id"),
-            {"id": event["id"], "t": event["type"], "p": _json(event), "now": clock.now()})
+        fresh = (
+            await s.execute(
+                text(
+                    "INSERT INTO orders.payment_events (id, type, payload, received_at) VALUES "
+                    "(:id, :t, CAST(:p AS jsonb), :now) ON CONFLICT (id) DO NOTHING RETURNING id"
+                ),
+                {"id": event["id"], "t": event["type"], "p": _json(event), "now": clock.now()},
+            )
         ).scalar_one_or_none()
         if fresh is None:
             return False

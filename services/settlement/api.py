@@ -24,8 +24,10 @@ async def my_commissions(who: Leader, page: PageDep) -> Page[CommissionOut]:
     async with db.session() as s:
         rows = await service.commissions_of(s, who.leader_id, page.after_id, page.limit)
     rows, cursor = make_page(rows, page)
-    return Page(items=[CommissionOut(**c.model_dump(), line_id=c.order_line_id) for c in rows],
-                next_cursor=cursor)
+    return Page(
+        items=[CommissionOut(**c.model_dump(), line_id=c.order_line_id) for c in rows],
+        next_cursor=cursor,
+    )
 
 
 routers = [router]

@@ -44,11 +44,16 @@ async def _ensure_account(s: AsyncSession, code: str) -> int:
         params = {"c": code, "l": int(leader_id), "k": kind, "neg": False}
     else:
         params = {"c": code, "l": None, "k": code.split(":", 1)[1], "neg": True}
-    await s.execute(text(
-        "INSERT INTO settlement.accounts (code, leader_id, kind, currency, allow_negative, "
-        "balance_fen) VALUES (:c, :l, :k, 'CNY', :neg, 0) ON CONFLICT (code) DO NOTHING"), params)
-    return (await s.execute(text("SELECT id FROM settlement.accounts WHERE code = :c"),
-                            {"c": code})).scalar_one()
+    await s.execute(
+        text(
+            "INSERT INTO settlement.accounts (code, leader_id, kind, currency, allow_negative, "
+            "balance_fen) VALUES (:c, :l, :k, 'CNY', :neg, 0) ON CONFLICT (code) DO NOTHING"
+        ),
+        params,
+    )
+    return (
+        await s.execute(text("SELECT id FROM settlement.accounts WHERE code = :c"), {"c": code})
+    ).scalar_one()
 
 
 async def post(s: AsyncSession, reference: str, kind: str, legs: list[Leg], memo: str = "") -> bool:
@@ -56,10 +61,15 @@ async def post(s: AsyncSession, reference: str, kind: str, legs: list[Leg], memo
     if sum(leg.amount_fen for leg in legs) != 0:
         raise ValueError(f"unbalanced transaction {reference}: {legs}")
     legs = [leg for leg in legs if leg.amount_fen != 0]
-    tx_id = (await s.execute(text(
-        "INSERT INTO settlement.ledger_transactions (reference, kind, memo, created_at) "
-        "VALUES (:r, :k, :m, :now) ON CONFLICT (reference) DO NOTHING RETURNING id"),
-        {"r": reference, "k": kind, "m": memo, "now": clock.now()})).scalar_one_or_none()
+    tx_id = (
+        await s.execute(
+            text(
+                "INSERT INTO settlement.ledger_transactions (reference, kind, memo, created_at) "
+                "VALUES (:r, :k, :m, :now) ON CONFLICT (reference) DO NOTHING RETURNING id"
+            ),
+            {"r": reference, "k": kind, "m": memo, "now": clock.now()},
+        )
+    ).scalar_one_or_none()
     if tx_id is None:
         return False
     now = clock.now()
@@ -67,22 +77,31 @@ async def post(s: AsyncSession, reference: str, kind: str, legs: list[Leg], memo
         account_id = await _ensure_account(s, leg.account)
         try:
             async with s.begin_nested():
-                await s.execute(text(
-                    "UPDATE settlement.accounts SET balance_fen = balance_fen + :a WHERE id = :id"),
-                    {"a": leg.amount_fen, "id": account_id})
+                await s.execute(
+                    text(
+                        "UPDATE settlement.accounts SET balance_fen = balance_fen + :a WHERE id = :id"
+                    ),
+                    {"a": leg.amount_fen, "id": account_id},
+                )
         except IntegrityError as e:
             raise InsufficientBalance(f"{leg.account} cannot cover {-leg.amount_fen} fen") from e
-        await s.execute(text(
-            "INSERT INTO settlement.ledger_entries (transaction_id, account_id, amount_fen, "
-            "currency, created_at) VALUES (:t, :a, :amt, 'CNY', :now)"),
-            {"t": tx_id, "a": account_id, "amt": leg.amount_fen, "now": now})
+        await s.execute(
+            text(
+                "INSERT INTO settlement.ledger_entries (transaction_id, account_id, amount_fen, "
+                "currency, created_at) VALUES (:t, :a, :amt, 'CNY', :now)"
+            ),
+            {"t": tx_id, "a": account_id, "amt": leg.amount_fen, "now": now},
+        )
     return True
 
 
 async def balances(s: AsyncSession, leader_id: int) -> dict[str, int]:
-    rows = (await s.execute(text(
-        "SELECT kind, balance_fen FROM settlement.accounts WHERE leader_id = :l"),
-        {"l": leader_id})).all()
+    rows = (
+        await s.execute(
+            text("SELECT kind, balance_fen FROM settlement.accounts WHERE leader_id = :l"),
+            {"l": leader_id},
+        )
+    ).all()
     out = {PENDING: 0, AVAILABLE: 0, WITHDRAWING: 0, RECEIVABLE: 0}
     out.update({r.kind: r.balance_fen for r in rows})
     return out

@@ -21,11 +21,18 @@ import time
 from aiohttp import web
 from localstripe import resources, server
 from localstripe.errors import UserError
-from localstripe.resources import PaymentIntent, PaymentMethod, StripeObject, random_id, store
+from localstripe.resources import PaymentIntent, PaymentMethod, StripeObject, store
 
-DECLINED_CARDS = {"4000000000000002", "4000000000009995", "4000000000009987",
-                  "4000000000009979", "4000000000000069", "4000000000000127",
-                  "4000000000000119", "4000000000000341"}
+DECLINED_CARDS = {
+    "4000000000000002",
+    "4000000000009995",
+    "4000000000009987",
+    "4000000000009979",
+    "4000000000000069",
+    "4000000000000127",
+    "4000000000000119",
+    "4000000000000341",
+}
 
 store.dump_to_disk = lambda: None  # type: ignore[method-assign]
 store.try_load_from_disk = lambda: None  # type: ignore[method-assign]
@@ -51,13 +58,19 @@ def _confirm_with_method(id=None, payment_method=None, **kwargs):
     if payment_method is not None:
         PaymentMethod._api_retrieve(payment_method)  # 404 for an unknown method
         if intent.status not in ("requires_payment_method", "requires_confirmation"):
-            raise UserError(400, "This PaymentIntent's status does not allow confirmation",
-                            {"code": "payment_intent_unexpected_state"})
+            raise UserError(
+                400,
+                "This PaymentIntent's status does not allow confirmation",
+                {"code": "payment_intent_unexpected_state"},
+            )
         intent.payment_method = payment_method
         intent.latest_charge = None
     if intent.status != "requires_confirmation":
-        raise UserError(400, "This PaymentIntent's status does not allow confirmation",
-                        {"code": "payment_intent_unexpected_state"})
+        raise UserError(
+            400,
+            "This PaymentIntent's status does not allow confirmation",
+            {"code": "payment_intent_unexpected_state"},
+        )
     intent._confirm(on_failure_now=intent._report_failure)
     return intent
 
@@ -82,8 +95,16 @@ class Transfer(StripeObject):
     object = "transfer"
     _id_prefix = "tr_"
 
-    def __init__(self, amount=None, currency=None, destination=None, metadata=None,
-                 transfer_group=None, description=None, **kwargs):
+    def __init__(
+        self,
+        amount=None,
+        currency=None,
+        destination=None,
+        metadata=None,
+        transfer_group=None,
+        description=None,
+        **kwargs,
+    ):
         if kwargs:
             raise UserError(400, "Unexpected " + ", ".join(kwargs.keys()))
         amount = resources.try_convert_to_int(amount)
@@ -93,8 +114,11 @@ class Transfer(StripeObject):
             raise UserError(400, "Bad request")
         account = Account._api_retrieve(destination)
         if (account.metadata or {}).get("test_mode") == "transfers_fail":
-            raise UserError(400, "The destination account cannot receive transfers.",
-                            {"code": "account_invalid"})
+            raise UserError(
+                400,
+                "The destination account cannot receive transfers.",
+                {"code": "account_invalid"},
+            )
         super().__init__()
         self.amount = amount
         self.currency = currency
@@ -118,12 +142,22 @@ async def idempotency_middleware(request: web.Request, handler):
     seen = _replays.get(key)
     if seen is not None:
         if seen[0] != fingerprint:
-            return web.json_response({"error": {
-                "type": "idempotency_error",
-                "message": "Keys for idempotent requests can only be used with the same "
-                           "parameters they were first used with."}}, status=400)
-        return web.Response(body=seen[2], status=seen[1], content_type="application/json",
-                            headers={"Idempotent-Replayed": "true"})
+            return web.json_response(
+                {
+                    "error": {
+                        "type": "idempotency_error",
+                        "message": "Keys for idempotent requests can only be used with the same "
+                        "parameters they were first used with.",
+                    }
+                },
+                status=400,
+            )
+        return web.Response(
+            body=seen[2],
+            status=seen[1],
+            content_type="application/json",
+            headers={"Idempotent-Replayed": "true"},
+        )
     response = await handler(request)
     if response.status < 500 and isinstance(response, web.Response) and response.body is not None:
         _replays[key] = (fingerprint, response.status, bytes(response.body))
@@ -131,12 +165,14 @@ async def idempotency_middleware(request: web.Request, handler):
 
 
 def build_app() -> web.Application:
-    app = web.Application(middlewares=[server.error_middleware, idempotency_middleware,
-                                       server.auth_middleware])
+    app = web.Application(
+        middlewares=[server.error_middleware, idempotency_middleware, server.auth_middleware]
+    )
     app.on_response_prepare.append(server.add_cors_headers)
     # Our confirm (with payment_method) must win over localstripe's, which refuses it.
-    app.router.add_route("POST", "/v1/payment_intents/{id}/confirm",
-                         server.api_extra(_confirm_with_method, ""))
+    app.router.add_route(
+        "POST", "/v1/payment_intents/{id}/confirm", server.api_extra(_confirm_with_method, "")
+    )
     for cls in (Account, Transfer):
         base = "/v1/" + cls.object + "s"
         app.router.add_route("POST", base, server.api_create(cls, base))
