@@ -62,6 +62,7 @@ class Infra:
             "CLOCK_OFFSET_FILE": str(self.clock_file),
             "OUTBOX_SWEEP_INTERVAL_S": "1",
             "RESERVATION_EXPIRY_INTERVAL_S": "1",
+            "COMPLETION_INTERVAL_S": "1",
             "LOG_LEVEL": "WARNING",
             "RATE_LIMIT_PER_MINUTE": "100000",
             "AUTH_RATE_LIMIT_PER_MINUTE": "100000",
@@ -124,3 +125,12 @@ def platform(infra):
 @pytest.fixture(scope="session")
 def gateway_url(platform) -> str:
     return f"{platform.gateway_url}/api/v1"
+
+
+@pytest.fixture(autouse=True)
+def _clock_back_to_now():
+    """A test may move every process's clock (clock.advance); the next test starts at now."""
+    yield
+    from services.common.clock import clock
+
+    clock.reset()

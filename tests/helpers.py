@@ -131,3 +131,12 @@ async def eventually(check, timeout: float = 20.0, interval: float = 0.2):
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+_day_counter = iter(range(40, 400))
+
+
+def unique_day():
+    """A sale day of its own for one test, far enough ahead that no other test's time
+    travel (up to ~35 days) reaches its cutoff."""
+    return future_day(next(_day_counter))

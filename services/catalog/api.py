@@ -2,9 +2,9 @@
 
 from datetime import date
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
-from services.common.auth import Staff, require_service_token
+from services.common.auth import Staff, optional_principal, require_service_token
 from services.common.db import get_db
 from services.common.events import kick
 from services.common.pagination import Page, PageDep, make_page
@@ -19,6 +19,7 @@ from .schemas import (
     ReservationIn,
     ReservationOut,
     SaleDayOut,
+    StockTopUpIn,
 )
 
 db = get_db("catalog")
@@ -84,6 +85,14 @@ async def add_deal(day: date, body: DealIn, _: Staff) -> DealOut:
         return _deal(deal, product)
 
 
+@router.post("/days/{day}/deals/{deal_id}/stock", response_model=DealOut)
+async def top_up_stock(day: date, deal_id: int, body: StockTopUpIn, _: Staff) -> DealOut:
+    async with db.transaction() as s:
+        deal = await service.top_up_stock(s, day, deal_id, body.add)
+        product = await s.get(service.Product, deal.product_id)
+        return _deal(deal, product)
+
+
 @router.post("/days/{day}/publish", response_model=SaleDayOut)
 async def publish(day: date, _: Staff) -> SaleDayOut:
     async with db.transaction() as s:
@@ -102,9 +111,14 @@ async def today() -> SaleDayOut:
 
 
 @router.get("/days/{day}", response_model=SaleDayOut)
-async def get_day(day: date) -> SaleDayOut:
+async def get_day(day: date, request: Request) -> SaleDayOut:
+    who = optional_principal(request)
     async with db.session() as s:
-        return await _day(s, await service.get_sale_day(s, day))
+        sale_day = await service.get_sale_day(s, day)
+        if sale_day.status == "draft" and not (who and who.is_staff):
+            # a day being curated is staff's business until it is published
+            raise service.SaleDayNotFound(f"no sale day {day.isoformat()}")
+        return await _day(s, sale_day)
 
 
 @internal.post("/reservations", response_model=ReservationOut)

@@ -34,6 +34,10 @@ class DealIn(BaseModel):
     )
 
 
+class StockTopUpIn(BaseModel):
+    add: int = Field(gt=0, le=1_000_000)
+
+
 class DealOut(BaseModel):
     id: int
     sale_date: date

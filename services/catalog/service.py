@@ -172,6 +172,28 @@ async def publish_sale_day(s: AsyncSession, day: date) -> SaleDay:
     return sale_day
 
 
+async def top_up_stock(s: AsyncSession, day: date, deal_id: int, add: int) -> Deal:
+    """The one change a published day allows: more stock (never less: units may be held)."""
+    row = (
+        await s.execute(
+            text(
+                "UPDATE catalog.deals d SET stock = d.stock + :add FROM catalog.sale_days sd "
+                "WHERE d.id = :id AND d.sale_date = :d AND sd.sale_date = d.sale_date "
+                "AND sd.status IN ('draft', 'published') RETURNING d.id"
+            ),
+            {"add": add, "id": deal_id, "d": day},
+        )
+    ).first()
+    if row is None:
+        deal = await s.get(Deal, deal_id)
+        if deal is None or deal.sale_date != day:
+            raise DealNotFound(f"deal {deal_id} is not on {day}")
+        raise SaleDayReadOnly(f"sale day {day} is closed")
+    deal = await s.get(Deal, deal_id)
+    await s.refresh(deal)
+    return deal
+
+
 async def deals_of(s: AsyncSession, day: date) -> list[tuple[Deal, Product]]:
     rows = (
         await s.execute(

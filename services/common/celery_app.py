@@ -44,6 +44,10 @@ celery.conf.update(
         },
         "close-due-sale-days": {"task": "catalog.close_due_sale_days", "schedule": 60.0},
         "execute-refunds": {"task": "orders.execute_pending_refunds", "schedule": 30.0},
+        "complete-orders": {
+            "task": "orders.complete_orders_past_window",
+            "schedule": _settings.completion_interval_s,
+        },
     },
 )
 

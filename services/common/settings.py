@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     # --- events and schedules -------------------------------------------------------------
     outbox_sweep_interval_s: float = 5.0
     reservation_expiry_interval_s: float = 60.0
+    completion_interval_s: float = 60.0
     event_max_retries: int = 20
 
     log_level: str = "INFO"

@@ -7,7 +7,14 @@ from datetime import date
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from services.common.auth import CurrentPrincipal, Leader, Shopper, Staff, require_service_token
+from services.common.auth import (
+    CurrentPrincipal,
+    Leader,
+    LeaderOrStaff,
+    Shopper,
+    Staff,
+    require_service_token,
+)
 from services.common.db import get_db
 from services.common.pagination import Page, PageDep, make_page
 from services.common.payments import verify_webhook
@@ -15,6 +22,9 @@ from services.common.payments import verify_webhook
 from . import service
 from .models import OrderStatus
 from .schemas import (
+    AfterSalesIn,
+    AfterSalesOut,
+    ApproveIn,
     CutoffOut,
     DeliveryListOut,
     LineOut,
@@ -23,6 +33,7 @@ from .schemas import (
     PayIn,
     PaymentOut,
     PickupIn,
+    RejectIn,
     SortingListOut,
 )
 
@@ -138,6 +149,30 @@ async def redeem_pickup(body: PickupIn, who: Leader) -> OrderOut:
     return await _read(order_id, who)
 
 
+@router.get("/after-sales", response_model=Page[AfterSalesOut])
+async def list_after_sales(
+    who: CurrentPrincipal, page: PageDep, status: str | None = None
+) -> Page[AfterSalesOut]:
+    async with db.session() as s:
+        rows = await service.list_after_sales(s, who, status, page.after_id, page.limit)
+    rows, cursor = make_page(rows, page)
+    return Page(items=[AfterSalesOut(**r.model_dump()) for r in rows], next_cursor=cursor)
+
+
+@router.post("/after-sales/{request_id}/approve", response_model=AfterSalesOut)
+async def approve_after_sales(
+    request_id: int, who: LeaderOrStaff, body: ApproveIn | None = None
+) -> AfterSalesOut:
+    req = await service.decide_after_sales(db, request_id, who, True, body.note if body else None)
+    return AfterSalesOut(**req.model_dump())
+
+
+@router.post("/after-sales/{request_id}/reject", response_model=AfterSalesOut)
+async def reject_after_sales(request_id: int, body: RejectIn, who: LeaderOrStaff) -> AfterSalesOut:
+    req = await service.decide_after_sales(db, request_id, who, False, body.reason)
+    return AfterSalesOut(**req.model_dump())
+
+
 @router.get("/{order_id}", response_model=OrderOut)
 async def get_order(order_id: int, who: CurrentPrincipal) -> OrderOut:
     return await _read(order_id, who)
@@ -155,6 +190,15 @@ async def pay(order_id: int, body: PayIn, who: Shopper) -> OrderOut:
 async def cancel(order_id: int, who: Shopper) -> OrderOut:
     await service.cancel_unpaid(db, order_id, who)
     return await _read(order_id, who)
+
+
+@router.post("/{order_id}/after-sales", response_model=AfterSalesOut, status_code=201)
+async def request_after_sales(order_id: int, body: AfterSalesIn, who: Shopper) -> AfterSalesOut:
+    request_id = await service.request_after_sales(
+        db, order_id, who, [line.model_dump() for line in body.lines], body.reason
+    )
+    async with db.session() as s:
+        return AfterSalesOut(**(await service.load_after_sales(s, request_id)).model_dump())
 
 
 @payments.post("/webhook")

@@ -94,6 +94,9 @@ class OrderLine(SQLModel, table=True):
     status: str = Field(default=LineStatus.active, max_length=16)
     refunded_quantity: int = Field(default=0)
     refunded_fen: int = Field(default=0)
+    # units under an open or approved after-sales request: never above quantity (CHECK),
+    # claimed by one conditional UPDATE so two racing requests cannot over-claim
+    after_sales_quantity: int = Field(default=0)
 
 
 class RefundStatus(StrEnum):
@@ -155,3 +158,34 @@ class DeliveryList(SQLModel, table=True):
     status: str = Field(default="pending", max_length=16)
     created_at: datetime = ts_field(default_now=True)
     received_at: datetime | None = ts_field(nullable=True)
+
+
+class AfterSalesStatus(StrEnum):
+    requested = "requested"
+    approved = "approved"
+    rejected = "rejected"
+
+
+class AfterSalesRequest(SQLModel, table=True):
+    """售后: a shopper's request to refund some units of some lines of a picked-up order."""
+
+    __tablename__ = "after_sales_requests"
+    __table_args__ = (
+        Index("ix_after_sales_order", "order_id"),
+        Index("ix_after_sales_leader", "leader_id", "id"),
+        CheckConstraint("amount_fen > 0", name="positive_amount"),
+        {"schema": SCHEMA},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key=f"{SCHEMA}.orders.id")
+    shopper_id: int
+    leader_id: int
+    reason: str = Field(max_length=500)
+    status: str = Field(default=AfterSalesStatus.requested, max_length=16)
+    lines: list = Field(default_factory=list, sa_column=Column(JSONB, nullable=False))
+    amount_fen: int
+    decided_by: int | None = Field(default=None)
+    decision_note: str | None = Field(default=None, max_length=500)
+    created_at: datetime = ts_field(default_now=True)
+    decided_at: datetime | None = ts_field(nullable=True)

@@ -128,3 +128,41 @@ class CutoffOut(BaseModel):
     orders_cancelled: int
     lines_refunded: int
     delivery_lists: int
+
+
+class AfterSalesLineIn(BaseModel):
+    line_id: int = Field(gt=0)
+    quantity: int = Field(gt=0, le=1000)
+
+
+class AfterSalesIn(BaseModel):
+    lines: list[AfterSalesLineIn] = Field(min_length=1, max_length=20)
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class ApproveIn(BaseModel):
+    note: str | None = Field(default=None, max_length=500)
+
+
+class RejectIn(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class AfterSalesLineOut(BaseModel):
+    line_id: int
+    quantity: int
+    amount_fen: int
+
+
+class AfterSalesOut(BaseModel):
+    id: int
+    order_id: int
+    shopper_id: int
+    leader_id: int
+    status: str
+    reason: str
+    lines: list[AfterSalesLineOut]
+    amount_fen: int
+    decision_note: str | None
+    created_at: datetime
+    decided_at: datetime | None

@@ -14,3 +14,8 @@ def expire_unpaid_orders() -> int:
 @celery.task(name="orders.execute_pending_refunds")
 def execute_pending_refunds() -> int:
     return run(service.execute_pending_refunds(get_db("orders")))
+
+
+@celery.task(name="orders.complete_orders_past_window")
+def complete_orders_past_window() -> int:
+    return run(service.complete_orders_past_window(get_db("orders")))
