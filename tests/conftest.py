@@ -21,13 +21,15 @@ from services.common.settings import Settings, override_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".data" / "test"
+# what a machine without PostgreSQL or Redis does: embedded servers for everything
+EMBEDDED_ONLY = os.environ.get("GROUPBUY_TEST_EMBEDDED") == "1"
 
 
 def _postgres_server(handles: list) -> str:
     url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
     if url:
         return devstack.with_database(url, "postgres")
-    local = devstack.local_postgres_url()
+    local = None if EMBEDDED_ONLY else devstack.local_postgres_url()
     if local:
         return local
     server_url, handle = devstack.embedded_postgres(DATA / "pg")

@@ -20,6 +20,7 @@ _LOCK_ID = 7_240_001
 
 def alembic_config(service: str, url: str | None = None) -> Config:
     cfg = Config()
+    cfg.set_main_option("path_separator", "os")
     cfg.set_main_option("script_location", str(ROOT / service / "migrations"))
     cfg.set_main_option("version_locations", str(ROOT / service / "migrations" / "versions"))
     cfg.attributes["database_url"] = url or get_settings().database_url_for(service)

@@ -42,10 +42,24 @@ async def seeded(infra):
 
     await seed_demo()
     await seed_demo()  # idempotent: the second run adds nothing
+    from services.common.seed import DEMO_PRODUCTS
+
     async with get_db("leaders").session() as s:
-        leaders = (await s.execute(text("SELECT count(*) FROM leaders.leaders"))).scalar_one()
+        leaders = (
+            await s.execute(
+                text(
+                    "SELECT count(*) FROM leaders.leaders l JOIN leaders.users u ON u.id = l.user_id "
+                    "WHERE u.external_id LIKE 'dev:leader-%'"
+                )
+            )
+        ).scalar_one()
     async with get_db("catalog").session() as s:
-        products = (await s.execute(text("SELECT count(*) FROM catalog.products"))).scalar_one()
+        products = (
+            await s.execute(
+                text("SELECT count(*) FROM catalog.products WHERE sku = ANY(:skus)"),
+                {"skus": [p[0] for p in DEMO_PRODUCTS]},
+            )
+        ).scalar_one()
     assert (leaders, products) == (3, 8)
 
 

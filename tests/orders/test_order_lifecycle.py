@@ -305,3 +305,40 @@ async def test_unpublished_day_and_stock_top_up(gateway_url, world):
     assert (await ops.get(f"/catalog/days/{day}")).status_code == 200
     r = await ops.post(f"/catalog/days/{day}/deals/{deal['id']}/stock", json={"add": 4})
     assert r.status_code == 200 and r.json()["stock"] == 5
+
+
+async def test_shopper_cancels_while_unpaid_only(gateway_url, world):
+    day, deals = await _day(world["ops"])
+    ivy = await bound_shopper(gateway_url, world["standard"].user["leader_id"])
+    order = (
+        await ivy.post("/orders", json={"items": [{"deal_id": deals[3]["id"], "quantity": 4}]})
+    ).json()
+    other = await bound_shopper(gateway_url, world["standard"].user["leader_id"])
+    r = await other.post(f"/orders/{order['id']}/cancel")
+    assert r.status_code == 403
+    r = await ivy.post(f"/orders/{order['id']}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+
+    async def stock_back():
+        d = (await ivy.get(f"/catalog/days/{day}")).json()
+        return next(x for x in d["deals"] if x["id"] == deals[3]["id"])["remaining"] == 50
+
+    await eventually(stock_back)
+    paid = await _paid_order(ivy, [{"deal_id": deals[3]["id"], "quantity": 1}])
+    r = await ivy.post(f"/orders/{paid['id']}/cancel")
+    assert r.status_code == 409 and problem_of(r)["code"] == "order_not_cancellable"
+
+
+async def test_staff_list_products_with_pagination(gateway_url, world):
+    ops = world["ops"]
+    made = await make_products(ops, 3)
+    r = await ops.get("/catalog/products", params={"limit": 2})
+    page = r.json()
+    assert [p["id"] for p in page["items"]] == [made[2]["id"], made[1]["id"]]
+    r = await ops.get("/catalog/products", params={"limit": 2, "cursor": page["next_cursor"]})
+    assert r.json()["items"][0]["id"] == made[0]["id"]
+    r = await ops.post(
+        "/catalog/products",
+        json={"sku": made[0]["sku"], "name": "dup", "category": "fresh", "list_price_fen": 100},
+    )
+    assert r.status_code == 409 and problem_of(r)["code"] == "duplicate_sku"
