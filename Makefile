@@ -35,3 +35,6 @@ format: $(STAMP)
 
 clean:
 	rm -rf .data build *.egg-info
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)

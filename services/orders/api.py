@@ -212,7 +212,7 @@ async def webhook(request: Request) -> dict:
 @internal.post("/sale-days/{sale_date}/cutoff", response_model=CutoffOut)
 async def cutoff(sale_date: date) -> CutoffOut:
     result = CutoffOut(**await service.apply_cutoff(db, sale_date))
-    await service.execute_pending_refunds(db)
+    service.refund_in_background(db)
     return result
 
 

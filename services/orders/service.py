@@ -20,7 +20,7 @@ from sqlmodel import select
 from services.common.auth import Principal
 from services.common.clock import clock
 from services.common.errors import Conflict, Forbidden, NotFound
-from services.common.events import emit, kick
+from services.common.events import emit, kick, outbox_rows_sql
 from services.common.http import ServiceClient
 from services.common.payments import PaymentDeclined, ProviderRejected, get_provider
 from services.common.settings import get_settings
@@ -70,18 +70,35 @@ class OrderNotPayable(Conflict):
 
 
 async def transition(
-    s: AsyncSession, to: OrderStatus, where: str, params: dict[str, Any], extra_set: str = ""
+    s: AsyncSession,
+    to: OrderStatus,
+    where: str,
+    params: dict[str, Any],
+    extra_set: str = "",
+    emit_topic: str | None = None,
+    emit_payload: str = "",
 ) -> list[Any]:
-    """Move every order matching `where` (and an allowed from-status) to `to`."""
+    """Move every order matching `where` (and an allowed from-status) to `to`.
+
+    With `emit_topic`, the same statement writes one outbox event per moved order
+    (`emit_payload` is a jsonb expression over the moved row), however many there are.
+    """
     allowed = ", ".join(f"'{f.value}'" for f in TRANSITIONS[to])
     sets = f"status = '{to.value}', {_STAMP[to]} = :now" + (f", {extra_set}" if extra_set else "")
-    rows = await s.execute(
-        text(
-            f"UPDATE {SCHEMA}.orders SET {sets} WHERE status IN ({allowed}) AND ({where}) "
-            "RETURNING id, shopper_id, leader_id, sale_date, total_fen"
-        ),
-        {"now": clock.now(), **params},
+    update = (
+        f"UPDATE {SCHEMA}.orders SET {sets} WHERE status IN ({allowed}) AND ({where}) "
+        "RETURNING id, shopper_id, leader_id, sale_date, total_fen, refunded_fen"
     )
+    now = clock.now()
+    if emit_topic is None:
+        rows = await s.execute(text(update), {"now": now, **params})
+        return list(rows.all())
+    sql = (
+        f"WITH moved AS ({update}), events AS ("
+        + outbox_rows_sql(SCHEMA, emit_topic, "moved", emit_payload)
+        + ") SELECT * FROM moved"
+    )
+    rows = await s.execute(text(sql), {"now": now, "occurred_at": now.isoformat(), **params})
     return list(rows.all())
 
 
@@ -242,9 +259,9 @@ async def expire_unpaid_orders(db) -> int:
             "status = 'pending_payment' AND expires_at <= :now",
             {},
             "cancel_reason = 'expired'",
+            emit_topic="order.cancelled",
+            emit_payload="jsonb_build_object('order_id', id, 'reason', 'expired')",
         )
-        for row in moved:
-            await emit(s, SCHEMA, "order.cancelled", {"order_id": row.id, "reason": "expired"})
     if moved:
         kick(db)
     return len(moved)
@@ -409,6 +426,24 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+_background: set = set()
+
+
+def refund_in_background(db) -> None:
+    """Owed refunds go out after the response; the beat job retries what this misses."""
+    import asyncio
+
+    async def run() -> None:
+        try:
+            await execute_pending_refunds(db)
+        except Exception:
+            log.warning("background_refunds_failed", exc_info=True)
+
+    task = asyncio.get_running_loop().create_task(run())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
 async def execute_pending_refunds(db, limit: int = 50) -> int:
     """Send owed refunds to the provider, each with key `refund:<id>`, once."""
     provider = get_provider()
@@ -486,11 +521,9 @@ async def apply_cutoff(db, sale_date: date) -> dict:
             "sale_date = :d AND status = 'pending_payment'",
             params,
             "cancel_reason = 'unpaid_at_cutoff'",
+            emit_topic="order.cancelled",
+            emit_payload="jsonb_build_object('order_id', id, 'reason', 'unpaid_at_cutoff')",
         )
-        for row in unpaid:
-            await emit(
-                s, SCHEMA, "order.cancelled", {"order_id": row.id, "reason": "unpaid_at_cutoff"}
-            )
         deals = (
             await s.execute(
                 text(
@@ -504,35 +537,30 @@ async def apply_cutoff(db, sale_date: date) -> dict:
             )
         ).all()
         failed = [d.deal_id for d in deals if not threshold_met(d.qty, d.threshold)]
-        cancelled_lines = (
+        # missed lines cancelled, each order's refund owed and its refunded total raised,
+        # in one statement however many orders the day has
+        refunded = (
             await s.execute(
                 text(
-                    "UPDATE orders.order_lines l SET status = 'cancelled', refunded_quantity = l.quantity,"
-                    " refunded_fen = l.unit_price_fen * l.quantity FROM orders.orders o "
-                    "WHERE l.order_id = o.id AND o.sale_date = :d AND o.status = 'paid' "
-                    "AND l.status = 'active' AND l.deal_id = ANY(:failed) "
-                    "RETURNING l.order_id, l.id, l.unit_price_fen * l.quantity AS amount"
+                    "WITH cancelled AS (UPDATE orders.order_lines l SET status = 'cancelled', "
+                    "refunded_quantity = l.quantity, refunded_fen = l.unit_price_fen * l.quantity "
+                    "FROM orders.orders o WHERE l.order_id = o.id AND o.sale_date = :d "
+                    "AND o.status = 'paid' AND l.status = 'active' AND l.deal_id = ANY(:failed) "
+                    "RETURNING l.order_id, l.id, l.unit_price_fen * l.quantity AS amount), "
+                    "per_order AS (SELECT order_id, sum(amount) AS amount, count(*) AS n, "
+                    "jsonb_agg(jsonb_build_object('line_id', id, 'amount_fen', amount)) AS lines "
+                    "FROM cancelled GROUP BY order_id), "
+                    "totals AS (UPDATE orders.orders o SET refunded_fen = o.refunded_fen + p.amount "
+                    "FROM per_order p WHERE o.id = p.order_id RETURNING o.id), "
+                    "owed AS (INSERT INTO orders.refunds (order_id, reason, source_ref, amount_fen, "
+                    "lines, status, attempts, created_at) SELECT order_id, 'group_threshold_missed',"
+                    " 'cutoff', amount, lines, 'pending', 0, CAST(:now AS timestamptz) FROM per_order"
+                    " ON CONFLICT ON CONSTRAINT uq_refunds_source DO NOTHING RETURNING id) "
+                    "SELECT coalesce(sum(n), 0) AS lines FROM per_order"
                 ),
-                {**params, "failed": failed},
+                {**params, "failed": failed, "now": clock.now()},
             )
-        ).all()
-        per_order: dict[int, list] = {}
-        for line in cancelled_lines:
-            per_order.setdefault(line.order_id, []).append(line)
-        for order_id, lines in per_order.items():
-            amount = sum(x.amount for x in lines)
-            await s.execute(
-                text("UPDATE orders.orders SET refunded_fen = refunded_fen + :a WHERE id = :id"),
-                {"a": amount, "id": order_id},
-            )
-            await _owe_refund(
-                s,
-                order_id,
-                "group_threshold_missed",
-                "cutoff",
-                amount,
-                [{"line_id": x.id, "amount_fen": x.amount} for x in lines],
-            )
+        ).scalar_one()
         emptied = await transition(
             s,
             S.cancelled,
@@ -541,28 +569,29 @@ async def apply_cutoff(db, sale_date: date) -> dict:
             "l.order_id = orders.orders.id AND l.status = 'active')",
             params,
             "cancel_reason = 'group_threshold_missed'",
+            emit_topic="order.cancelled",
+            emit_payload="jsonb_build_object('order_id', id, 'reason', 'group_threshold_missed')",
         )
-        confirmed = await transition(s, S.confirmed, "sale_date = :d AND status = 'paid'", params)
-        for row in confirmed:
-            await emit(
-                s, SCHEMA, "order.confirmed", {"order_id": row.id, "leader_id": row.leader_id}
-            )
+        # lists first, so confirming an order and assigning its list is one row update
         await s.execute(
             text(
                 "INSERT INTO orders.delivery_lists (sale_date, pickup_date, leader_id, status, "
-                "created_at) SELECT DISTINCT sale_date, pickup_date, leader_id, 'pending', CAST(:now AS timestamptz) "
-                "FROM orders.orders WHERE sale_date = :d AND status = 'confirmed' "
+                "created_at) SELECT DISTINCT sale_date, pickup_date, leader_id, 'pending', "
+                "CAST(:now AS timestamptz) FROM orders.orders WHERE sale_date = :d "
+                "AND status IN ('paid', 'confirmed') "
                 "ON CONFLICT ON CONSTRAINT uq_delivery_lists_day_leader DO NOTHING"
             ),
             {**params, "now": clock.now()},
         )
-        await s.execute(
-            text(
-                "UPDATE orders.orders o SET delivery_list_id = dl.id FROM orders.delivery_lists dl "
-                "WHERE o.sale_date = :d AND o.status = 'confirmed' AND o.delivery_list_id IS NULL "
-                "AND dl.sale_date = o.sale_date AND dl.leader_id = o.leader_id"
-            ),
+        confirmed = await transition(
+            s,
+            S.confirmed,
+            "sale_date = :d AND status = 'paid'",
             params,
+            "delivery_list_id = (SELECT dl.id FROM orders.delivery_lists dl WHERE "
+            "dl.sale_date = orders.orders.sale_date AND dl.leader_id = orders.orders.leader_id)",
+            emit_topic="order.confirmed",
+            emit_payload="jsonb_build_object('order_id', id, 'leader_id', leader_id)",
         )
         lists = (
             await s.execute(
@@ -583,7 +612,7 @@ async def apply_cutoff(db, sale_date: date) -> dict:
         ],
         "orders_confirmed": len(confirmed),
         "orders_cancelled": len(unpaid) + len(emptied),
-        "lines_refunded": len(cancelled_lines),
+        "lines_refunded": int(refunded),
         "delivery_lists": lists,
     }
 
@@ -711,14 +740,14 @@ async def mark_delivery_received(db, list_id: int, who: Principal) -> int:
             ),
             {"id": list_id, "now": clock.now()},
         )
-        ready = await transition(s, S.ready_for_pickup, "delivery_list_id = :dl", {"dl": list_id})
-        for row in ready:
-            await emit(
-                s,
-                SCHEMA,
-                "order.ready_for_pickup",
-                {"order_id": row.id, "leader_id": row.leader_id},
-            )
+        ready = await transition(
+            s,
+            S.ready_for_pickup,
+            "delivery_list_id = :dl",
+            {"dl": list_id},
+            emit_topic="order.ready_for_pickup",
+            emit_payload="jsonb_build_object('order_id', id, 'leader_id', leader_id)",
+        )
     kick(db)
     return len(ready)
 

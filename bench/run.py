@@ -1,0 +1,628 @@
+"""`make bench`: the platform against the raw database limit, in one run.
+
+Starts the platform as `make run` does (a fresh database on the same PostgreSQL), runs
+each scenario, and measures a raw-SQL baseline of the same work on the same server in
+the same run, so every result is a ratio as well as a time. Writes
+bench/results/<date>.json and appends a Markdown table to bench/RESULTS.md.
+
+The load driver is an asyncio + httpx client rather than locust: the scenarios need
+exact request counts (5,000 racers for 500 units), tokens minted in-process for
+thousands of shoppers, and latency percentiles of a fixed number of requests; an async
+driver on one core does that without gevent and with less overhead per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform as pyplatform
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+console = Console()
+app = typer.Typer(add_completion=False)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = max(0, min(len(values) - 1, round(q / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "python": pyplatform.python_version(),
+        "os": pyplatform.platform(),
+    }
+
+
+def rss_peak_mb(pid: int) -> float:
+    """Peak resident set (VmHWM) of a process and its children, in MB."""
+    total = 0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total = max(total, int(line.split()[1]))
+        except OSError:
+            continue
+    return round(total / 1024, 1)
+
+
+class Bench:
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.results: dict = {
+            "started_at": datetime.now(UTC).isoformat(),
+            "quick": quick,
+            "machine": machine(),
+            "scenarios": {},
+        }
+
+    # --- platform -------------------------------------------------------------------------------
+    def start(self) -> None:
+        from services.common import devstack
+        from services.common.settings import Settings, override_settings
+
+        data = ROOT / ".data" / "bench"
+        self.handles: list = []
+        self.supervisor = devstack.Supervisor(data / "run", log_dir=data / "logs")
+        self.supervisor.kill_stale()
+        server = os.environ.get("DATABASE_URL") or devstack.local_postgres_url()
+        if server is None:
+            server, handle = devstack.embedded_postgres(data / "pg")
+            self.handles.append(handle)
+        self.server = devstack.with_database(server, "postgres")
+        self.db_name = f"groupbuy_bench_{uuid.uuid4().hex[:6]}"
+        self.db_url = devstack.create_database(self.server, self.db_name, drop_first=True)
+        broker = (
+            os.environ.get("CELERY_BROKER_URL")
+            or devstack.local_redis_url()
+            or devstack.embedded_redis(self.supervisor, data)
+        )
+        ports = {
+            n: devstack.free_port()
+            for n in ("gateway", "catalog", "orders", "leaders", "settlement", "payments")
+        }
+        env = {
+            "ENVIRONMENT": "test",
+            "CELERY_QUEUE": f"bench-{self.db_name}",
+            "LOG_LEVEL": "WARNING",
+            "RATE_LIMIT_PER_MINUTE": "100000000",
+            "AUTH_RATE_LIMIT_PER_MINUTE": "100000000",
+            "DB_POOL_SIZE": "20",
+        }
+        os.environ.update(env)
+        os.environ["DATABASE_URL"] = self.db_url
+        os.environ["CELERY_BROKER_URL"] = broker
+        os.environ["PAYMENTS_API_BASE"] = f"http://127.0.0.1:{ports['payments']}"
+        for s in ("catalog", "orders", "leaders", "settlement"):
+            os.environ[f"{s.upper()}_URL"] = f"http://127.0.0.1:{ports[s]}"
+        override_settings(Settings())
+        with console.status("starting the platform (as make run does)..."):
+            self.platform = devstack.start_platform(
+                data_dir=data,
+                database_url=self.db_url,
+                broker_url=broker,
+                payments_base=None,
+                ports=ports,
+                extra_env=env,
+                supervisor=self.supervisor,
+                handles=self.handles,
+            )
+        self.base = f"{self.platform.gateway_url}/api/v1"
+        self.dsn = self.db_url
+
+    def stop(self) -> None:
+        from services.common import devstack
+
+        self.platform.stop()
+        try:
+            devstack.drop_database(self.server, self.db_name)
+        except Exception:
+            pass
+
+    # --- fixtures made straight in the database (setup is not what we measure) -------------------
+    async def setup_day(
+        self, conn, deals: int, stock: int, limit: int = 5, threshold: int = 0
+    ) -> tuple[str, list[int]]:
+        from services.catalog.service import cutoff_for
+
+        day = (datetime.now(UTC) + timedelta(days=2 + int(time.time()) % 300)).date()
+        while await conn.fetchval("SELECT 1 FROM catalog.sale_days WHERE sale_date = $1", day):
+            day += timedelta(days=1)
+        await conn.execute(
+            "INSERT INTO catalog.sale_days (sale_date, status, cutoff_at, pickup_date, "
+            "published_at, created_at) VALUES ($1, 'published', $2, $3, now(), now())",
+            day,
+            cutoff_for(day),
+            day + timedelta(days=1),
+        )
+        ids = []
+        tag = uuid.uuid4().hex[:6]
+        for i in range(deals):
+            pid = await conn.fetchval(
+                "INSERT INTO catalog.products (sku, name, category, list_price_fen, description, "
+                "image_url, created_at) VALUES ($1, $2, 'fresh', 2000, '', '', now()) RETURNING id",
+                f"B-{tag}-{i}",
+                f"Bench product {i}",
+            )
+            ids.append(
+                await conn.fetchval(
+                    "INSERT INTO catalog.deals (sale_date, product_id, group_price_fen, list_price_fen,"
+                    " stock, reserved, per_shopper_limit, group_threshold, outcome, created_at) VALUES "
+                    "($1, $2, 990, 2000, $3, 0, $4, $5, 'open', now()) RETURNING id",
+                    day,
+                    pid,
+                    stock,
+                    limit,
+                    threshold,
+                )
+            )
+        return day.isoformat(), ids
+
+    async def make_leaders(self, conn, n: int) -> list[int]:
+        tag = uuid.uuid4().hex[:6]
+        rows = await conn.fetch(
+            "WITH u AS (INSERT INTO leaders.users (external_id, display_name, roles, created_at) "
+            "SELECT 'bench:' || $1 || ':leader:' || g, 'l' || g, ARRAY['shopper'], now() "
+            "FROM generate_series(1, $2) g RETURNING id) "
+            "INSERT INTO leaders.leaders (user_id, status, tier, community_name, pickup_address, "
+            "pickup_hours, phone, group_size, created_at, tier_since) SELECT id, 'active', "
+            "'standard', 'c', 'a', '', '', 300, now(), now() FROM u RETURNING id",
+            tag,
+            n,
+        )
+        return [r["id"] for r in rows]
+
+    async def make_shoppers(self, conn, n: int, leader_ids: list[int]) -> list[str]:
+        from services.common.auth import issue_token
+
+        tag = uuid.uuid4().hex[:6]
+        rows = await conn.fetch(
+            "INSERT INTO leaders.users (external_id, display_name, roles, bound_leader_id, "
+            "created_at) SELECT 'bench:' || $1 || ':' || g, 's' || g, ARRAY['shopper'], "
+            "($3::int[])[1 + g % array_length($3::int[], 1)], now() "
+            "FROM generate_series(1, $2) g RETURNING id",
+            tag,
+            n,
+            leader_ids,
+        )
+        return [issue_token(r["id"], ["shopper"]) for r in rows]
+
+    # --- scenario 1: order placement through the gateway -----------------------------------------
+    async def scenario_orders(self) -> dict:
+        concurrency = int(os.environ.get("BENCH_SHOPPERS", "16" if self.quick else "64"))
+        per_shopper = 5 if self.quick else 15
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            leaders = await self.make_leaders(conn, 10)
+            day, deals = await self.setup_day(conn, 8, 10_000_000, limit=1_000_000)
+            tokens = await self.make_shoppers(conn, concurrency, leaders)
+            raw = await self.raw_order_baseline(conn, deals, concurrency * per_shopper)
+        finally:
+            await conn.close()
+        place, pay = [], []
+        errors = 0
+        limits = httpx.Limits(max_connections=concurrency + 10)
+        async with httpx.AsyncClient(base_url=self.base, timeout=30, limits=limits) as http:
+            with self.progress() as prog:
+                task = prog.add_task("scenario 1: orders", total=concurrency * per_shopper)
+
+                async def shopper(i: int, token: str) -> None:
+                    nonlocal errors
+                    h = {"authorization": f"Bearer {token}"}
+                    for k in range(per_shopper):
+                        t0 = time.perf_counter()
+                        r = await http.post(
+                            "/orders",
+                            headers=h,
+                            json={
+                                "items": [{"deal_id": deals[(i + k) % len(deals)], "quantity": 1}]
+                            },
+                        )
+                        place.append(time.perf_counter() - t0)
+                        if r.status_code != 201:
+                            errors += 1
+                            continue
+                        t0 = time.perf_counter()
+                        r = await http.post(
+                            f"/orders/{r.json()['id']}/pay",
+                            headers=h,
+                            json={"payment_method": "pm_card_visa"},
+                        )
+                        pay.append(time.perf_counter() - t0)
+                        if r.status_code != 200:
+                            errors += 1
+                        prog.advance(task)
+
+                started = time.perf_counter()
+                await asyncio.gather(*(shopper(i, t) for i, t in enumerate(tokens)))
+                elapsed = time.perf_counter() - started
+            peak_place_rate = len(place) / sum(place) * concurrency if place else 0
+            # p99 at half the peak rate: an open-loop run at rate/2
+            half = await self.open_loop(
+                http, tokens, deals, rate=peak_place_rate / 2, seconds=5 if self.quick else 15
+            )
+        memory = {
+            name: rss_peak_mb(proc.pid)
+            for name, proc in self.platform.supervisor.procs.items()
+            if name in ("gateway", "catalog", "orders", "leaders", "settlement", "worker")
+        }
+        orders_per_s = len(place) / elapsed
+        return {
+            "command": "make bench",
+            "shoppers": concurrency,
+            "orders": len(place),
+            "errors": errors,
+            "orders_placed_and_paid_per_s": round(orders_per_s, 1),
+            "placement_latency_ms": {q: round(pct(place, q) * 1000, 1) for q in (50, 95, 99)},
+            "payment_latency_ms": {q: round(pct(pay, q) * 1000, 1) for q in (50, 95, 99)},
+            "placement_only_peak_per_s": round(peak_place_rate, 1),
+            "raw_sql_orders_per_s": round(raw, 1),
+            "ratio_to_raw": round(peak_place_rate / raw, 3) if raw else None,
+            "target_ratio": 0.25,
+            "half_peak": half,
+            "target_p99_ms_at_half_peak": 100,
+            "peak_rss_mb": memory,
+            "target_rss_mb": 150,
+        }
+
+    async def open_loop(self, http, tokens, deals, rate: float, seconds: int) -> dict:
+        lat: list[float] = []
+        statuses: dict[int, int] = {}
+        n = max(1, int(rate * seconds))
+        interval = 1.0 / rate if rate > 0 else 0.1
+
+        async def one(i: int) -> None:
+            t0 = time.perf_counter()
+            r = await http.post(
+                "/orders",
+                headers={"authorization": f"Bearer {tokens[i % len(tokens)]}"},
+                json={"items": [{"deal_id": deals[i % len(deals)], "quantity": 1}]},
+            )
+            lat.append(time.perf_counter() - t0)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+
+        tasks = []
+        start = time.perf_counter()
+        for i in range(n):
+            delay = start + i * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+        return {
+            "rate_per_s": round(rate, 1),
+            "requests": n,
+            "statuses": statuses,
+            "p50_ms": round(pct(lat, 50) * 1000, 1),
+            "p99_ms": round(pct(lat, 99) * 1000, 1),
+        }
+
+    async def raw_order_baseline(self, conn, deals: list[int], n: int) -> float:
+        """The same stock reservation and inserts an order makes, straight with asyncpg."""
+        pool = await asyncpg.create_pool(self.dsn, min_size=8, max_size=8)
+        day_deal = deals[0]
+        per = max(1, n // 8)
+
+        async def worker(w: int) -> None:
+            async with pool.acquire() as c:
+                for _ in range(per):
+                    async with c.transaction():
+                        await c.execute(
+                            "UPDATE catalog.deals SET reserved = reserved + 1 "
+                            "WHERE id = $1 AND reserved + 1 <= stock",
+                            day_deal,
+                        )
+                        await c.execute(
+                            "INSERT INTO catalog.reservations (order_id, deal_id, shopper_id, "
+                            "quantity, status, created_at) VALUES (nextval('orders.orders_id_seq')"
+                            ", $1, $2, 1, 'held', now())",
+                            day_deal,
+                            w,
+                        )
+                        oid = await c.fetchval(
+                            "INSERT INTO orders.orders (shopper_id, leader_id, leader_tier, "
+                            "commission_rate, sale_date, pickup_date, status, total_fen, "
+                            "refunded_fen, currency, pay_attempts, expires_at, created_at) VALUES "
+                            "($1, 1, 'standard', 0.12, current_date, current_date + 1, "
+                            "'cancelled', 990, 0, 'CNY', 0, now(), now()) RETURNING id",
+                            w,
+                        )
+                        await c.execute(
+                            "INSERT INTO orders.order_lines (order_id, deal_id, product_id, "
+                            "product_name, category, unit_price_fen, quantity, group_threshold, "
+                            "status, refunded_quantity, refunded_fen, after_sales_quantity) VALUES "
+                            "($1, $2, 1, 'x', 'fresh', 990, 1, 0, 'cancelled', 0, 0, 0)",
+                            oid,
+                            day_deal,
+                        )
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(8)))
+        elapsed = time.perf_counter() - t0
+        await pool.close()
+        return per * 8 / elapsed
+
+    # --- scenario 2: flash sale ---------------------------------------------------------------------
+    async def scenario_flash_sale(self) -> dict:
+        racers = 1000 if self.quick else 5000
+        units = racers // 10
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            leaders = await self.make_leaders(conn, 5)
+            _, deals = await self.setup_day(conn, 1, units, limit=1)
+            tokens = await self.make_shoppers(conn, racers, leaders)
+        finally:
+            await conn.close()
+        statuses: dict[str, int] = {}
+        sold_at: list[float] = []
+        sem = asyncio.Semaphore(128)
+        async with httpx.AsyncClient(
+            base_url=self.base, timeout=60, limits=httpx.Limits(max_connections=140)
+        ) as http:
+            with self.progress() as prog:
+                task = prog.add_task("scenario 2: flash sale", total=racers)
+                start = time.perf_counter()
+
+                async def race(token: str) -> None:
+                    async with sem:
+                        r = await http.post(
+                            "/orders",
+                            headers={"authorization": f"Bearer {token}"},
+                            json={"items": [{"deal_id": deals[0], "quantity": 1}]},
+                        )
+                    key = (
+                        str(r.status_code)
+                        if r.status_code < 400
+                        else r.json().get("code", str(r.status_code))
+                    )
+                    statuses[key] = statuses.get(key, 0) + 1
+                    if r.status_code == 201:
+                        sold_at.append(time.perf_counter() - start)
+                    prog.advance(task)
+
+                await asyncio.gather(*(race(t) for t in tokens))
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            reserved, stock = await conn.fetchrow(
+                "SELECT reserved, stock FROM catalog.deals WHERE id = $1", deals[0]
+            )
+            orders = await conn.fetchval(
+                "SELECT coalesce(sum(l.quantity), 0) FROM orders.order_lines l WHERE deal_id = $1",
+                deals[0],
+            )
+        finally:
+            await conn.close()
+        others = {k: v for k, v in statuses.items() if k not in ("201", "out_of_stock")}
+        return {
+            "command": "make bench",
+            "shoppers": racers,
+            "units": units,
+            "sold": statuses.get("201", 0),
+            "out_of_stock": statuses.get("out_of_stock", 0),
+            "other_errors": others,
+            "reserved_in_db": reserved,
+            "ordered_in_db": orders,
+            "oversold": max(0, reserved - stock),
+            "time_to_sell_out_s": round(max(sold_at), 2) if sold_at else None,
+            "exactly_sold": statuses.get("201", 0) == units == reserved == orders,
+        }
+
+    # --- scenario 3: cutoff at scale ------------------------------------------------------------------
+    async def scenario_cutoff(self) -> dict:
+        n_orders = 10_000 if self.quick else 100_000
+        n_leaders = 50 if self.quick else 500
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            leaders = await self.make_leaders(conn, n_leaders)
+            day, deals = await self.setup_day(conn, 8, 10_000_000, limit=1_000_000)
+            # one deal misses its threshold: its lines are cancelled and refunded at cutoff
+            await conn.execute(
+                "UPDATE catalog.deals SET group_threshold = $2 WHERE id = $1",
+                deals[-1],
+                n_orders * 10,
+            )
+            with console.status(f"scenario 3: inserting {n_orders} paid orders..."):
+                await self.insert_paid_orders(conn, day, deals, leaders, n_orders)
+            t0 = time.perf_counter()
+            await conn.fetch(
+                "SELECT leader_id, l.deal_id, sum(quantity) FROM orders.orders o JOIN "
+                "orders.order_lines l ON l.order_id = o.id WHERE o.sale_date = $1 AND "
+                "o.status = 'paid' GROUP BY leader_id, l.deal_id",
+                datetime.fromisoformat(day).date(),
+            )
+            await conn.fetch(
+                "SELECT l.deal_id, o.leader_id, sum(quantity) FROM orders.orders o JOIN "
+                "orders.order_lines l ON l.order_id = o.id WHERE o.sale_date = $1 AND "
+                "o.status = 'paid' GROUP BY l.deal_id, o.leader_id",
+                datetime.fromisoformat(day).date(),
+            )
+            raw = time.perf_counter() - t0
+        finally:
+            await conn.close()
+        from tests.helpers import staff
+
+        ops = await staff(self.base)
+        try:
+            t0 = time.perf_counter()
+            r = await ops.http.post(
+                f"/catalog/days/{day}/close", headers=ops._headers(), timeout=3600
+            )
+            close_s = time.perf_counter() - t0
+            summary = r.json()
+            t0 = time.perf_counter()
+            pickup = (datetime.fromisoformat(day).date() + timedelta(days=1)).isoformat()
+            lists = await ops.get(
+                "/orders/delivery-lists", params={"pickup_date": pickup}, timeout=600
+            )
+            sorting = await ops.get(
+                "/orders/sorting-list", params={"pickup_date": pickup}, timeout=600
+            )
+            read_s = time.perf_counter() - t0
+        finally:
+            await ops.aclose()
+        return {
+            "command": "make bench",
+            "orders": n_orders,
+            "leaders": n_leaders,
+            "close_status": r.status_code,
+            "summary": summary,
+            "delivery_lists": len(lists.json()),
+            "sorting_rows": len(sorting.json()["products"]),
+            "close_s": round(close_s, 2),
+            "lists_read_s": round(read_s, 2),
+            "raw_group_by_s": round(raw, 3),
+            "ratio_to_raw": round(close_s / raw, 2) if raw else None,
+            "target_ratio": 3.0,
+        }
+
+    async def insert_paid_orders(
+        self, conn, day: str, deals: list[int], leaders: list[int], n: int
+    ) -> None:
+        d = datetime.fromisoformat(day).date()
+        await conn.execute(
+            "INSERT INTO orders.orders (shopper_id, leader_id, leader_tier, commission_rate, "
+            "sale_date, pickup_date, status, total_fen, refunded_fen, currency, pay_attempts, "
+            "payment_intent_id, expires_at, created_at, paid_at) SELECT g, "
+            "($3::int[])[1 + g % array_length($3::int[], 1)], 'standard', 0.12, $1::date, $1::date + 1, "
+            "'paid', 1980, 0, 'CNY', 1, 'pi_bench_' || $4 || '_' || g, now(), now(), now() "
+            "FROM generate_series(1, $2) g",
+            d,
+            n,
+            leaders,
+            uuid.uuid4().hex[:6],
+        )
+        await conn.execute(
+            "INSERT INTO orders.order_lines (order_id, deal_id, product_id, product_name, category,"
+            " unit_price_fen, quantity, group_threshold, status, refunded_quantity, refunded_fen, "
+            "after_sales_quantity) SELECT o.id, ($2::int[])[1 + o.id % array_length($2::int[], 1)],"
+            " 1, 'Bench product', 'fresh', 990, 2, d.group_threshold, 'active', 0, 0, 0 "
+            "FROM orders.orders o JOIN catalog.deals d ON "
+            "d.id = ($2::int[])[1 + o.id % array_length($2::int[], 1)] WHERE o.sale_date = $1::date",
+            d,
+            deals,
+        )
+        await conn.execute("ANALYZE orders.orders; ANALYZE orders.order_lines")
+
+    def progress(self) -> Progress:
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+
+
+def write_results(results: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    path = RESULTS / f"{stamp}.json"
+    path.write_text(json.dumps(results, indent=2, default=str))
+    m = results["machine"]
+    lines = [
+        f"\n## {stamp}{' (QUICK=1)' if results['quick'] else ''}\n",
+        f"Command: `make bench{' QUICK=1' if results['quick'] else ''}`. Machine: "
+        f"{m['cpus']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}.\n",
+        "| scenario | result | raw baseline (same run) | ratio | target |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    s = results["scenarios"]
+    if "orders" in s:
+        o = s["orders"]
+        lines.append(
+            f"| 1 order placement ({o['shoppers']} shoppers, {o['orders']} orders, "
+            f"{o['errors']} errors) | {o['placement_only_peak_per_s']} placements/s; "
+            f"{o['orders_placed_and_paid_per_s']} placed+paid/s; p50/p95/p99 "
+            f"{o['placement_latency_ms'][50]}/{o['placement_latency_ms'][95]}/"
+            f"{o['placement_latency_ms'][99]} ms; at half peak ({o['half_peak']['rate_per_s']}/s) "
+            f"p99 {o['half_peak']['p99_ms']} ms | {o['raw_sql_orders_per_s']} orders/s | "
+            f"{o['ratio_to_raw']}x | >= 0.25x, p99 <= 100 ms at half peak |"
+        )
+        mem = ", ".join(f"{k} {v}" for k, v in o["peak_rss_mb"].items())
+        lines.append(f"| 6 memory (peak RSS during 1, MB) | {mem} | | | <= 150 MB each |")
+    if "flash_sale" in s:
+        f = s["flash_sale"]
+        lines.append(
+            f"| 2 flash sale ({f['shoppers']} shoppers, {f['units']} units) | sold {f['sold']}, "
+            f"oversold {f['oversold']}, out_of_stock {f['out_of_stock']}, other errors "
+            f"{f['other_errors'] or 0}, sold out in {f['time_to_sell_out_s']} s | | | exactly "
+            f"{f['units']} sold, 0 oversold |"
+        )
+    if "cutoff" in s:
+        c = s["cutoff"]
+        lines.append(
+            f"| 3 cutoff ({c['orders']} paid orders, {c['leaders']} leaders, one failing deal) | "
+            f"close {c['close_s']} s ({c['delivery_lists']} delivery lists, "
+            f"{c['sorting_rows']} sorting rows) | {c['raw_group_by_s']} s GROUP BY | "
+            f"{c['ratio_to_raw']}x | <= 3x |"
+        )
+    md = ROOT / "bench" / "RESULTS.md"
+    if not md.exists():
+        md.write_text(
+            "# Benchmark results\n\nAppended by `make bench`; raw JSON in bench/results/.\n"
+        )
+    with md.open("a") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return path
+
+
+@app.command()
+def main(
+    quick: bool = typer.Option(False, envvar="QUICK"),
+    only: str = typer.Option("", help="comma-separated: orders,flash_sale,cutoff"),
+) -> None:
+    bench = Bench(quick)
+    bench.start()
+    wanted = [w for w in only.split(",") if w] or ["orders", "flash_sale", "cutoff"]
+    try:
+        for name in wanted:
+            console.rule(f"scenario {name}")
+            result = asyncio.run(getattr(bench, f"scenario_{name}")())
+            bench.results["scenarios"][name] = result
+            console.print_json(json.dumps(result, default=str))
+    finally:
+        bench.stop()
+    path = write_results(bench.results)
+    console.print(f"results: {path} and bench/RESULTS.md")
+
+
+if __name__ == "__main__":
+    app()
