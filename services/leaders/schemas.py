@@ -70,3 +70,107 @@ class ShopperLeaderOut(BaseModel):
     tier: str
     commission_rate: Decimal
     accepts_orders: bool
+
+
+# --- applications -----------------------------------------------------------------------
+
+# mainland mobile numbers, optionally with the country code
+PHONE_PATTERN = r"^(\+?86)?1[3-9]\d{9}$"
+
+
+class ApplicationIn(BaseModel):
+    community_name: str = Field(min_length=1, max_length=200)
+    pickup_address: str = Field(min_length=1, max_length=500)
+    pickup_hours: str = Field(min_length=1, max_length=100)
+    group_size: int = Field(ge=0, le=100_000)
+    phone: str = Field(pattern=PHONE_PATTERN, max_length=32)
+    latitude: float | None = Field(default=None, ge=-90, le=90)
+    longitude: float | None = Field(default=None, ge=-180, le=180)
+
+
+class ApplicationOut(BaseModel):
+    id: int
+    user_id: int
+    status: str
+    community_name: str
+    pickup_address: str
+    pickup_hours: str
+    group_size: int
+    phone: str
+    latitude: float | None
+    longitude: float | None
+    reason: str | None
+    leader_id: int | None
+    created_at: datetime
+    decided_at: datetime | None
+
+
+class ReasonIn(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+# --- deposit ----------------------------------------------------------------------------
+
+
+class DepositOut(BaseModel):
+    status: str  # unpaid | paid | refunding | refunded
+    amount_fen: int  # what the deposit costs
+    balance_fen: int  # what is held now (after deductions)
+
+
+class DepositPayIn(BaseModel):
+    payment_method: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+class DepositPaymentOut(BaseModel):
+    intent_id: str | None
+    status: str
+    amount_fen: int
+    currency: str
+
+
+class DepositStartOut(BaseModel):
+    payment: DepositPaymentOut
+    deposit: DepositOut
+
+
+class DeductionIn(BaseModel):
+    amount_fen: int = Field(gt=0, le=10_000_000)
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class DepositEntryOut(BaseModel):
+    id: int
+    leader_id: int
+    kind: str
+    amount_fen: int
+    balance_after_fen: int
+    reason: str
+    reference: str | None
+    created_at: datetime
+
+
+class LeaderMeOut(BaseModel):
+    """A leader's own view; for an applicant who is not (yet) a leader only `application`."""
+
+    id: int | None = None
+    status: str | None = None
+    tier: str | None = None
+    commission_rate: Decimal | None = None
+    deposit: DepositOut | None = None
+    onboarding_done: bool | None = None
+    tier_progress: dict | None = None
+    invite_code: str | None = None
+    application: ApplicationOut | None = None
+
+
+class TerminateIn(ReasonIn):
+    # leaving in good standing gets the deposit's balance back through the provider
+    good_standing: bool = False
+
+
+class StatusOut(BaseModel):
+    id: int
+    status: str
+    tier: str
+    deposit: DepositOut

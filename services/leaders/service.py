@@ -208,3 +208,8 @@ async def nearby(s: AsyncSession, lat: float, lng: float, limit: int, offset: in
 
 def leader_out(leader: Leader) -> dict:
     return leader.model_dump() | {"commission_rate": rate_for(leader.tier)}
+
+
+async def tier_progress(s: AsyncSession, leader: Leader) -> dict | None:
+    """Filled in by the tier evaluation (see evaluation.py)."""
+    return None

@@ -1,1 +1,12 @@
-"""Events and jobs the leaders service handles (tier evaluation arrives with its issue)."""
+"""Events and jobs the leaders service handles."""
+
+from services.common.events import subscribe
+
+from . import deposit
+
+
+@subscribe("leaders", "payment.deposit_succeeded")
+async def deposit_paid(s, payload: dict, env: dict) -> None:
+    await deposit.record_payment(
+        s, int(payload["leader_id"]), payload["intent_id"], int(payload["amount_fen"])
+    )
