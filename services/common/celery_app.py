@@ -44,6 +44,10 @@ celery.conf.update(
         },
         "close-due-sale-days": {"task": "catalog.close_due_sale_days", "schedule": 60.0},
         "execute-refunds": {"task": "orders.execute_pending_refunds", "schedule": 30.0},
+        "evaluate-leader-tiers": {
+            "task": "leaders.evaluate_tiers",
+            "schedule": _settings.tier_evaluation_interval_s,
+        },
     },
 )
 

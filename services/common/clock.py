@@ -14,7 +14,11 @@ from zoneinfo import ZoneInfo
 class Clock:
     def __init__(self) -> None:
         self._offset = timedelta(0)
-        self._offset_file = os.environ.get("CLOCK_OFFSET_FILE")
+
+    @property
+    def _offset_file(self) -> str | None:
+        # read when used, not at import: a test process sets the variable after importing
+        return os.environ.get("CLOCK_OFFSET_FILE")
 
     def now(self) -> datetime:
         return datetime.now(UTC) + self._read_offset()

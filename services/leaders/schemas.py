@@ -1,5 +1,6 @@
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -174,3 +175,106 @@ class StatusOut(BaseModel):
     status: str
     tier: str
     deposit: DepositOut
+
+
+# --- training, complaints, tiers, handover, growth ----------------------------------------
+
+
+class SessionIn(BaseModel):
+    starts_at: datetime
+    topic: str = Field(min_length=1, max_length=200)
+    kind: Literal["onboarding", "regular"]
+
+
+class TrainingSessionOut(BaseModel):
+    id: int
+    kind: str
+    topic: str
+    starts_at: datetime
+
+
+class AttendanceIn(BaseModel):
+    leader_ids: list[int] = Field(min_length=1, max_length=500)
+
+
+class AttendanceOut(BaseModel):
+    session_id: int
+    recorded: list[int]
+
+
+class ComplaintIn(BaseModel):
+    leader_id: int = Field(gt=0)
+    order_id: int = Field(gt=0)
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+class ResolveIn(BaseModel):
+    upheld: bool
+    note: str = Field(min_length=1, max_length=1000)
+
+
+class ComplaintOut(BaseModel):
+    id: int
+    leader_id: int
+    shopper_id: int
+    order_id: int
+    reason: str
+    status: str
+    note: str | None
+    created_at: datetime
+    resolved_at: datetime | None
+
+
+class EvaluationRunIn(BaseModel):
+    leader_ids: list[int] | None = Field(default=None, max_length=1000)
+
+
+class TierChangeOut(BaseModel):
+    id: int | None = None
+    leader_id: int
+    from_tier: str
+    to_tier: str
+    direction: str
+    evaluation_date: date
+    commission_rate: Decimal | None = None
+    metrics: dict
+    created_at: datetime | None = None
+
+
+class EvaluationRunOut(BaseModel):
+    changes: list[TierChangeOut]
+
+
+class HandoverIn(BaseModel):
+    to_leader_id: int = Field(gt=0)
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class HandoverOut(BaseModel):
+    from_leader_id: int
+    to_leader_id: int
+    shoppers_moved: int
+
+
+class InviteOut(BaseModel):
+    invite_code: str
+    share_link: str
+
+
+class JoinIn(BaseModel):
+    invite_code: str = Field(min_length=4, max_length=16)
+
+
+class DashboardOut(BaseModel):
+    leader_id: int
+    from_: date = Field(alias="from")
+    to: date
+    orders: int
+    gmv_fen: int
+    active_buyers: int
+    new_members: int
+    members: int
+    repeat_purchase_rate: Decimal
+    conversion_rate: Decimal
+
+    model_config = {"populate_by_name": True}
