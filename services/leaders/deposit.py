@@ -47,6 +47,8 @@ async def start_payment(db, leader_id: int, payment_method: str | None) -> Leade
         leader = await _leader(s, leader_id)
     if leader.deposit_status != "unpaid":
         return leader  # paid (or being refunded): never a second charge
+    if leader.status == "terminated":
+        raise Conflict("a terminated leader pays no deposit", code="leader_not_active")
     intent_id = leader.deposit_intent_id
     if intent_id is None:
         intent = await provider.create_intent(

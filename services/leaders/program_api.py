@@ -97,6 +97,9 @@ async def list_applications(
 
 @router.post("/applications/{app_id}/approve", response_model=ApplicationOut)
 async def approve(app_id: int, who: Staff) -> ApplicationOut:
+    """Creates the leader (tier `preparation`, status `active`, an empty group). A token
+    carries the roles it was issued with: the applicant signs in again
+    (`POST /auth/wechat/session`) to get the `leader` role and `leader_id`."""
     async with db.transaction() as s:
         app = await applications.approve(s, app_id, who.user_id)
         return ApplicationOut(**app.model_dump())
@@ -111,7 +114,10 @@ async def reject(app_id: int, body: ReasonIn, who: Staff) -> ApplicationOut:
 
 @router.get("/me", response_model=LeaderMeOut)
 async def leader_me(who: CurrentPrincipal) -> LeaderMeOut:
-    """Any signed-in user: an applicant sees their application's outcome here."""
+    """Any signed-in user. An applicant sees their latest application's outcome here
+    (`application.status`, `application.reason`); once approved, the leader fields are
+    filled at once, but leader-only routes need a new sign-in to get the `leader` role.
+    `tier_progress` shows this window's metrics against the next tier's bar."""
     async with db.session() as s:
         app = await applications.latest_of_user(s, who.user_id)
         leader = await service.leader_of_user(s, who.user_id)
@@ -133,6 +139,9 @@ async def leader_me(who: CurrentPrincipal) -> LeaderMeOut:
 
 @router.post("/me/deposit", response_model=DepositStartOut)
 async def pay_deposit(who: Leader, body: DepositPayIn | None = None) -> DepositStartOut:
+    """Starts the deposit's one payment intent (the same one however often called);
+    with `{payment_method}` it also confirms server-side. The provider's webhook confirms
+    it too; either way the deposit is paid once."""
     method = body.payment_method if body else None
     leader = await deposit.start_payment(db, _own_leader_id(who), method)
     kick(db)
