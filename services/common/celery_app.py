@@ -48,6 +48,10 @@ celery.conf.update(
             "task": "orders.complete_orders_past_window",
             "schedule": _settings.completion_interval_s,
         },
+        "evaluate-leader-tiers": {
+            "task": "leaders.evaluate_tiers",
+            "schedule": _settings.tier_evaluation_interval_s,
+        },
     },
 )
 

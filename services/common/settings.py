@@ -87,6 +87,22 @@ class Settings(BaseSettings):
     min_group_size: int = 100
     nearby_radius_km: float = 5.0
     deposit_fen: int = 16800
+    # leaders' tiers: promotion bars over a rolling window, trial, elimination
+    tier_window_days: int = 30
+    demotion_periods: int = 2
+    trial_days: int = 30
+    bar_preparation_completed_orders: int = 10
+    bar_standard_gmv_fen: int = 3_000_000
+    bar_standard_buyers: int = 50
+    bar_standard_complaint_rate: Decimal = Decimal("0.01")
+    bar_standard_trainings: int = 4
+    bar_advanced_gmv_fen: int = 8_000_000
+    bar_advanced_buyers: int = 150
+    bar_advanced_complaint_rate: Decimal = Decimal("0.005")
+    complaint_suspend_limit: int = 3
+    complaint_window_days: int = 30
+    training_sessions_per_week: int = 2
+    share_link_base: str = "https://groupbuy.example/join?invite="
     min_withdrawal_fen: int = 1000
 
     # --- events and schedules -------------------------------------------------------------
@@ -94,6 +110,8 @@ class Settings(BaseSettings):
     reservation_expiry_interval_s: float = 60.0
     completion_interval_s: float = 60.0
     event_max_retries: int = 20
+    # the evaluation records one result per leader per day, so running hourly is safe
+    tier_evaluation_interval_s: float = 3600.0
 
     log_level: str = "INFO"
     log_json: bool = True

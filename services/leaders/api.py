@@ -8,7 +8,7 @@ from services.common.auth import CurrentPrincipal, Shopper, Staff, require_servi
 from services.common.db import get_db
 from services.common.pagination import Page, PageDep, make_page
 
-from . import service
+from . import program_api, service
 from .models import LeaderStatus, Tier
 from .schemas import (
     BindLeaderIn,
@@ -120,4 +120,4 @@ async def shopper_leader(user_id: int) -> ShopperLeaderOut:
         return ShopperLeaderOut(**await service.shopper_leader(s, user_id))
 
 
-routers = [auth, me, leaders, internal]
+routers = [auth, me, *program_api.routers, leaders, internal]

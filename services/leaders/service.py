@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import select
 
 from services.common.auth import issue_token
+from services.common.clock import clock
 from services.common.errors import Conflict, NotFound, PeerUnavailable, Unauthorized
 from services.common.settings import get_settings
 
@@ -129,8 +130,11 @@ async def bind_shopper(s: AsyncSession, user_id: int, leader_id: int) -> User:
     if leader.status != LeaderStatus.active:
         raise LeaderNotActive("this pickup point is not taking new members")
     await s.execute(
-        text("UPDATE leaders.users SET bound_leader_id = :l WHERE id = :u"),
-        {"l": leader_id, "u": user_id},
+        text(
+            "UPDATE leaders.users SET bound_leader_id = :l, bound_at = :now WHERE id = :u "
+            "AND bound_leader_id IS DISTINCT FROM :l"
+        ),
+        {"l": leader_id, "u": user_id, "now": clock.now()},
     )
     return await get_user(s, user_id)
 
@@ -208,3 +212,9 @@ async def nearby(s: AsyncSession, lat: float, lng: float, limit: int, offset: in
 
 def leader_out(leader: Leader) -> dict:
     return leader.model_dump() | {"commission_rate": rate_for(leader.tier)}
+
+
+async def tier_progress(s: AsyncSession, leader: Leader) -> dict | None:
+    from .evaluation import progress
+
+    return await progress(s, leader)

@@ -1,1 +1,53 @@
-"""Events and jobs the leaders service handles (tier evaluation arrives with its issue)."""
+"""Events and jobs the leaders service handles."""
+
+from services.common.celery_app import celery, run
+from services.common.db import get_db
+from services.common.events import subscribe
+
+from . import deposit, evaluation, facts
+
+
+@subscribe("leaders", "payment.deposit_succeeded")
+async def deposit_paid(s, payload: dict, env: dict) -> None:
+    await deposit.record_payment(
+        s, int(payload["leader_id"]), payload["intent_id"], int(payload["amount_fen"])
+    )
+
+
+@subscribe("leaders", "order.paid")
+async def order_paid(s, payload: dict, env: dict) -> None:
+    await facts.on_paid(s, payload, env)
+
+
+@subscribe("leaders", "order.picked_up")
+async def order_picked_up(s, payload: dict, env: dict) -> None:
+    await facts.on_picked_up(s, payload, env)
+
+
+@subscribe("leaders", "order.completed")
+async def order_completed(s, payload: dict, env: dict) -> None:
+    await facts.on_completed(s, payload, env)
+
+
+@subscribe("leaders", "order.cancelled")
+async def order_cancelled(s, payload: dict, env: dict) -> None:
+    await facts.on_cancelled(s, payload, env)
+
+
+@subscribe("leaders", "order.refunded")
+async def order_refunded(s, payload: dict, env: dict) -> None:
+    await facts.on_refunded(s, payload, env)
+
+
+@celery.task(name="leaders.evaluate_tiers")
+def evaluate_tiers() -> int:
+    db = get_db("leaders")
+
+    async def go() -> int:
+        from services.common.events import relay_outbox
+
+        changes = await evaluation.run_evaluations(db)
+        await relay_outbox(db)
+        return len(changes)
+
+    return run(go())

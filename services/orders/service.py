@@ -830,6 +830,18 @@ async def handle_provider_event(db, event: dict) -> bool:
         paid = True
         if event["type"] == "payment_intent.succeeded" and meta.get("kind") == "order":
             paid = await _record_payment(s, int(meta["order_id"]), obj["id"], int(obj["amount"]))
+        elif event["type"] == "payment_intent.succeeded" and meta.get("kind") == "deposit":
+            # the webhook lands here; a leader's deposit belongs to the leaders service
+            await emit(
+                s,
+                SCHEMA,
+                "payment.deposit_succeeded",
+                {
+                    "leader_id": int(meta["leader_id"]),
+                    "intent_id": obj["id"],
+                    "amount_fen": int(obj["amount"]),
+                },
+            )
     kick(db)
     if not paid:
         await execute_pending_refunds(db)

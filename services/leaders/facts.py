@@ -1,0 +1,112 @@
+"""Our projection of order facts, fed by the orders service's events. Events may arrive
+in any order and more than once (the inbox dedupes per event), so every write is an
+upsert that only fills in or moves forward."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.common.events import occurred_at
+
+UPSERT = """
+INSERT INTO leaders.order_facts (order_id, leader_id, shopper_id, total_fen, refunded_fen,
+    sale_date, paid_at, picked_up_at, completed_at, cancelled_at)
+VALUES (:o, :leader, :shopper, COALESCE(:total, 0), COALESCE(:refunded, 0), :sale_date,
+    :paid_at, :picked_up_at, :completed_at, :cancelled_at)
+ON CONFLICT (order_id) DO UPDATE SET
+    leader_id = COALESCE(EXCLUDED.leader_id, order_facts.leader_id),
+    shopper_id = COALESCE(EXCLUDED.shopper_id, order_facts.shopper_id),
+    total_fen = CASE WHEN :total IS NULL THEN order_facts.total_fen ELSE EXCLUDED.total_fen END,
+    refunded_fen = GREATEST(order_facts.refunded_fen, EXCLUDED.refunded_fen),
+    sale_date = COALESCE(EXCLUDED.sale_date, order_facts.sale_date),
+    paid_at = COALESCE(order_facts.paid_at, EXCLUDED.paid_at),
+    picked_up_at = COALESCE(order_facts.picked_up_at, EXCLUDED.picked_up_at),
+    completed_at = COALESCE(order_facts.completed_at, EXCLUDED.completed_at),
+    cancelled_at = COALESCE(order_facts.cancelled_at, EXCLUDED.cancelled_at)
+"""
+
+
+def _ts(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+async def upsert(s: AsyncSession, order_id: int, **fields: Any) -> None:
+    params = {
+        "o": order_id,
+        "leader": None,
+        "shopper": None,
+        "total": None,
+        "refunded": None,
+        "sale_date": None,
+        "paid_at": None,
+        "picked_up_at": None,
+        "completed_at": None,
+        "cancelled_at": None,
+    }
+    params.update(fields)
+    await s.execute(text(UPSERT), params)
+
+
+def _sale_date(p: dict) -> date | None:
+    return date.fromisoformat(p["sale_date"]) if p.get("sale_date") else None
+
+
+async def on_paid(s: AsyncSession, p: dict, env: dict) -> None:
+    await upsert(
+        s,
+        int(p["order_id"]),
+        leader=p.get("leader_id"),
+        shopper=p.get("shopper_id"),
+        total=p.get("total_fen"),
+        sale_date=_sale_date(p),
+        paid_at=occurred_at(env),
+    )
+
+
+async def on_picked_up(s: AsyncSession, p: dict, env: dict) -> None:
+    await upsert(
+        s,
+        int(p["order_id"]),
+        leader=p.get("leader_id"),
+        shopper=p.get("shopper_id"),
+        total=p.get("total_fen"),
+        refunded=p.get("refunded_fen"),
+        sale_date=_sale_date(p),
+        picked_up_at=_ts(p.get("picked_up_at")) or occurred_at(env),
+    )
+
+
+async def on_completed(s: AsyncSession, p: dict, env: dict) -> None:
+    await upsert(
+        s,
+        int(p["order_id"]),
+        leader=p.get("leader_id"),
+        shopper=p.get("shopper_id"),
+        total=p.get("total_fen"),
+        refunded=p.get("refunded_fen"),
+        completed_at=_ts(p.get("completed_at")) or occurred_at(env),
+    )
+
+
+async def on_cancelled(s: AsyncSession, p: dict, env: dict) -> None:
+    await upsert(s, int(p["order_id"]), cancelled_at=occurred_at(env))
+
+
+async def on_refunded(s: AsyncSession, p: dict, env: dict) -> None:
+    await upsert(s, int(p["order_id"]), leader=p.get("leader_id"))
+    await s.execute(
+        text(
+            "INSERT INTO leaders.refund_facts (refund_id, order_id, amount_fen, refunded_at) "
+            "VALUES (:r, :o, :a, :at) ON CONFLICT (refund_id) DO NOTHING"
+        ),
+        {
+            "r": str(p["refund_id"]),
+            "o": int(p["order_id"]),
+            "a": int(p["amount_fen"]),
+            "at": occurred_at(env),
+        },
+    )
