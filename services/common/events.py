@@ -147,21 +147,12 @@ async def relay_outbox(db, limit: int = 500) -> int:
             return total
 
 
-_pending: set[asyncio.Task] = set()
-
-
 def kick(db) -> None:
-    """Relay right after a commit, without making the request wait for the broker."""
+    """Relay right after a commit, without making the request wait for the broker; the
+    periodic sweep publishes whatever this misses."""
+    from .background import after_response
 
-    async def _run() -> None:
-        try:
-            await relay_outbox(db)
-        except Exception:  # the periodic sweep will publish it
-            log.warning("outbox_relay_deferred", schema=db.schema, exc_info=True)
-
-    task = asyncio.get_running_loop().create_task(_run())
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
+    after_response(lambda: relay_outbox(db), f"relay {db.schema} outbox")
 
 
 # --- consumers ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import select
 
 from services.common.auth import Principal
+from services.common.background import after_response
 from services.common.clock import clock
 from services.common.errors import Conflict, Forbidden, NotFound
 from services.common.events import emit, kick, outbox_rows_sql
@@ -426,22 +427,9 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-_background: set = set()
-
-
 def refund_in_background(db) -> None:
     """Owed refunds go out after the response; the beat job retries what this misses."""
-    import asyncio
-
-    async def run() -> None:
-        try:
-            await execute_pending_refunds(db)
-        except Exception:
-            log.warning("background_refunds_failed", exc_info=True)
-
-    task = asyncio.get_running_loop().create_task(run())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+    after_response(lambda: execute_pending_refunds(db), "execute refunds")
 
 
 async def execute_pending_refunds(db, limit: int = 50) -> int:
