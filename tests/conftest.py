@@ -65,6 +65,7 @@ class Infra:
             "OUTBOX_SWEEP_INTERVAL_S": "1",
             "RESERVATION_EXPIRY_INTERVAL_S": "1",
             "COMPLETION_INTERVAL_S": "1",
+            "CUTOFF_CHECK_INTERVAL_S": "1",
             "LOG_LEVEL": "WARNING",
             "RATE_LIMIT_PER_MINUTE": "100000",
             "AUTH_RATE_LIMIT_PER_MINUTE": "100000",

@@ -42,7 +42,10 @@ celery.conf.update(
             "task": "orders.expire_unpaid_orders",
             "schedule": _settings.reservation_expiry_interval_s,
         },
-        "close-due-sale-days": {"task": "catalog.close_due_sale_days", "schedule": 60.0},
+        "close-due-sale-days": {
+            "task": "catalog.close_due_sale_days",
+            "schedule": _settings.cutoff_check_interval_s,
+        },
         "execute-refunds": {"task": "orders.execute_pending_refunds", "schedule": 30.0},
         "complete-orders": {
             "task": "orders.complete_orders_past_window",

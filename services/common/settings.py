@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     outbox_sweep_interval_s: float = 5.0
     reservation_expiry_interval_s: float = 60.0
     completion_interval_s: float = 60.0
+    cutoff_check_interval_s: float = 60.0
     event_max_retries: int = 20
     # the evaluation records one result per leader per day, so running hourly is safe
     tier_evaluation_interval_s: float = 3600.0

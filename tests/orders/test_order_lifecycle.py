@@ -342,3 +342,39 @@ async def test_staff_list_products_with_pagination(gateway_url, world):
         json={"sku": made[0]["sku"], "name": "dup", "category": "fresh", "list_price_fen": 100},
     )
     assert r.status_code == 409 and problem_of(r)["code"] == "duplicate_sku"
+
+
+async def test_the_cutoff_runs_on_schedule_at_2300_shanghai(gateway_url, world):
+    from datetime import UTC, datetime
+
+    from services.catalog.service import cutoff_for
+    from tests.helpers import future_day, publish_day
+
+    ops = world["ops"]
+    day = future_day(2)
+    product = (await make_products(ops, 1))[0]
+    deals = await publish_day(
+        ops,
+        day,
+        [
+            {
+                "product_id": product["id"],
+                "group_price_fen": 900,
+                "stock": 10,
+                "per_shopper_limit": 5,
+                "group_threshold": 5,
+            }
+        ],
+    )
+    jack = await bound_shopper(gateway_url, world["standard"].user["leader_id"])
+    order = await _paid_order(jack, [{"deal_id": deals[0]["id"], "quantity": 1}])
+    # one minute past 23:00 local on the sale day, without any staff action
+    clock.advance(cutoff_for(day) - datetime.now(UTC) + timedelta(minutes=1))
+
+    async def closed_by_beat():
+        d = (await jack.get(f"/catalog/days/{day}")).json()
+        return d["status"] == "closed" and d["deals"][0]["outcome"] == "failed"
+
+    await eventually(closed_by_beat, timeout=30)
+    o = (await jack.get(f"/orders/{order['id']}")).json()
+    assert o["status"] == "cancelled" and o["cancel_reason"] == "group_threshold_missed"
