@@ -454,3 +454,31 @@ async def days_due_for_cutoff(s: AsyncSession) -> list[date]:
         .all()
     )
     return list(rows)
+
+
+async def release_orphaned_reservations(db, grace_minutes: int = 5) -> int:
+    """Stock held for an order the orders service never recorded (a crash between the
+    reservation and the order's insert) goes back once the reservation is older than an
+    unpaid order could live; orders is asked, never assumed."""
+    st = get_settings()
+    older_than = clock.now() - timedelta(minutes=st.reservation_ttl_minutes + grace_minutes)
+    async with db.session() as s:
+        candidates = list(
+            (
+                await s.execute(
+                    text(
+                        "SELECT DISTINCT order_id FROM catalog.reservations WHERE status = 'held' "
+                        "AND created_at < :t ORDER BY order_id LIMIT 1000"
+                    ),
+                    {"t": older_than},
+                )
+            ).scalars()
+        )
+    if not candidates:
+        return 0
+    known = await orders_client.post("/internal/orders/known", json={"order_ids": candidates})
+    orphans = sorted(set(candidates) - set(known["order_ids"]))
+    async with db.transaction() as s:
+        for order_id in orphans:
+            await release_reservation(s, order_id)
+    return len(orphans)

@@ -30,3 +30,8 @@ def close_due_sale_days() -> int:
         return len(days)
 
     return run(job())
+
+
+@celery.task(name="catalog.release_orphaned_reservations")
+def release_orphaned_reservations() -> int:
+    return run(service.release_orphaned_reservations(get_db("catalog")))

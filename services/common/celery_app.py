@@ -46,6 +46,10 @@ celery.conf.update(
             "task": "catalog.close_due_sale_days",
             "schedule": _settings.cutoff_check_interval_s,
         },
+        "release-orphaned-reservations": {
+            "task": "catalog.release_orphaned_reservations",
+            "schedule": _settings.reservation_expiry_interval_s,
+        },
         "execute-refunds": {"task": "orders.execute_pending_refunds", "schedule": 30.0},
         "complete-orders": {
             "task": "orders.complete_orders_past_window",

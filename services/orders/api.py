@@ -27,6 +27,7 @@ from .schemas import (
     ApproveIn,
     CutoffOut,
     DeliveryListOut,
+    KnownOrdersIn,
     LineOut,
     OrderIn,
     OrderOut,
@@ -214,6 +215,13 @@ async def cutoff(sale_date: date) -> CutoffOut:
     result = CutoffOut(**await service.apply_cutoff(db, sale_date))
     service.refund_in_background(db)
     return result
+
+
+@internal.post("/orders/known")
+async def known_orders(body: KnownOrdersIn) -> dict:
+    """Which of these order ids exist (catalog's orphaned-reservation sweep asks)."""
+    async with db.session() as s:
+        return {"order_ids": await service.existing_order_ids(s, body.order_ids)}
 
 
 routers = [router, payments, internal]

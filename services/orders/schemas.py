@@ -166,3 +166,7 @@ class AfterSalesOut(BaseModel):
     decision_note: str | None
     created_at: datetime
     decided_at: datetime | None
+
+
+class KnownOrdersIn(BaseModel):
+    order_ids: list[int] = Field(max_length=1000)

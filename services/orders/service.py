@@ -138,6 +138,13 @@ async def lines_of(s: AsyncSession, order_ids: list[int]) -> dict[int, list[Orde
     return out
 
 
+async def existing_order_ids(s: AsyncSession, order_ids: list[int]) -> list[int]:
+    rows = await s.execute(
+        text("SELECT id FROM orders.orders WHERE id = ANY(:ids)"), {"ids": order_ids}
+    )
+    return list(rows.scalars())
+
+
 async def list_orders(
     s: AsyncSession,
     who: Principal,
