@@ -82,6 +82,7 @@ def _fresh_loop_per_child(**_: Any) -> None:
     from . import db
 
     db._databases.clear()
+    db.WORKER_POOL.update(size=_settings.worker_db_pool_size, overflow=1)
 
 
 @celery.task(name="events.dispatch")

@@ -22,6 +22,10 @@ def driver_url(url: str, driver: str) -> str:
     return f"postgresql+{driver}://{rest}" if scheme.startswith("postgres") else url
 
 
+# set in Celery worker processes (one task at a time needs only a couple of connections)
+WORKER_POOL: dict[str, int] = {}
+
+
 class Database:
     """The engine and session factory of one service (created lazily, once per process)."""
 
@@ -37,8 +41,8 @@ class Database:
             s = get_settings()
             self._engine = create_async_engine(
                 driver_url(s.database_url_for(self.service), "asyncpg"),
-                pool_size=s.db_pool_size,
-                max_overflow=s.db_max_overflow,
+                pool_size=WORKER_POOL.get("size", s.db_pool_size),
+                max_overflow=WORKER_POOL.get("overflow", s.db_max_overflow),
                 pool_pre_ping=True,
                 connect_args={
                     "server_settings": {

@@ -12,6 +12,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -122,6 +123,27 @@ def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+_CONNECTION_ERRORS = (
+    "TooManyConnections",
+    "CannotConnectNow",
+    "ConnectionDoesNotExist",
+    "ConnectionRefused",
+    "PostgresConnectionError",
+    "OSError",
+)
+
+
+def _is_connection_error(exc: DBAPIError) -> bool:
+    orig = getattr(exc, "orig", None)
+    names = {type(orig).__name__, type(getattr(orig, "__cause__", None)).__name__}
+    text_ = str(orig)
+    return (
+        any(n.startswith(c) or c in n for n in names for c in _CONNECTION_ERRORS)
+        or "too many clients" in text_
+        or "connection refused" in text_.lower()
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
@@ -145,6 +167,20 @@ def install_error_handlers(app: FastAPI) -> None:
             str(exc.detail) if exc.detail else title,
             headers=getattr(exc, "headers", None),
         )
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated or _is_connection_error(exc):
+            log.warning("database_unavailable", path=request.url.path, error=str(exc.orig))
+            return problem(
+                503,
+                "database_unavailable",
+                "The database is unavailable",
+                "try again shortly",
+                headers={"retry-after": "1"},
+            )
+        log.exception("unhandled_database_error", path=request.url.path)
+        return problem(500, "internal_error", "Internal error", "An unexpected error occurred")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -30,8 +30,10 @@ class Settings(BaseSettings):
     orders_database_url: str | None = None
     leaders_database_url: str | None = None
     settlement_database_url: str | None = None
-    db_pool_size: int = 10
-    db_max_overflow: int = 10
+    db_pool_size: int = 5
+    db_max_overflow: int = 5
+    # each worker process keeps small pools: it runs one task at a time
+    worker_db_pool_size: int = 2
 
     celery_broker_url: str = "redis://127.0.0.1:6379/0"
     celery_queue: str = "groupbuy"
