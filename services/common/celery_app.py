@@ -44,6 +44,18 @@ celery.conf.update(
         },
         "close-due-sale-days": {"task": "catalog.close_due_sale_days", "schedule": 60.0},
         "execute-refunds": {"task": "orders.execute_pending_refunds", "schedule": 30.0},
+        "release-commissions": {
+            "task": "settlement.release_commissions",
+            "schedule": _settings.commission_release_interval_s,
+        },
+        "retry-payouts": {
+            "task": "settlement.retry_payouts",
+            "schedule": _settings.payout_retry_interval_s,
+        },
+        "reconcile-payouts": {
+            "task": "settlement.reconcile_daily",
+            "schedule": _settings.reconciliation_interval_s,
+        },
     },
 )
 

@@ -88,11 +88,19 @@ class Settings(BaseSettings):
     nearby_radius_km: float = 5.0
     deposit_fen: int = 16800
     min_withdrawal_fen: int = 1000
+    # the payout SLA: requests older than this many working days are flagged to staff
+    payout_sla_working_days: int = 2
 
     # --- events and schedules -------------------------------------------------------------
     outbox_sweep_interval_s: float = 5.0
     reservation_expiry_interval_s: float = 60.0
     event_max_retries: int = 20
+    commission_release_interval_s: float = 600.0
+    commission_release_batch: int = 1000
+    # an approved payout with no recorded result after this long is retried
+    payout_retry_after_s: int = 300
+    payout_retry_interval_s: float = 300.0
+    reconciliation_interval_s: float = 86400.0
 
     log_level: str = "INFO"
     log_json: bool = True
