@@ -165,15 +165,18 @@ async def check_invariants(s: AsyncSession) -> list[str]:
     ):
         problems.append(f"all {r.currency} entries sum to {r.total}, not 0")
     # a commission's ledger trail must equal what the commission row says it is worth
+    # (references: commission:<line> when earned, refund:<refund>:<line> when clawed back)
     for r in await s.execute(
         text(
-            "SELECT c.id, c.amount_fen - c.reversed_fen AS owed, coalesce(sum(e.amount_fen), 0) AS "
-            "booked FROM settlement.commissions c "
-            "LEFT JOIN settlement.ledger_transactions t ON t.reference = 'commission:' || "
-            "c.order_line_id OR t.reference LIKE 'refund:%:' || c.order_line_id "
-            "LEFT JOIN settlement.ledger_entries e ON e.transaction_id = t.id AND e.account_id = "
-            "(SELECT id FROM settlement.accounts WHERE code = :exp) "
-            "GROUP BY c.id HAVING c.amount_fen - c.reversed_fen <> -coalesce(sum(e.amount_fen), 0)"
+            "WITH booked AS (SELECT split_part(t.reference, ':', "
+            "CASE WHEN t.kind = 'commission_earned' THEN 2 ELSE 3 END)::bigint AS line_id, "
+            "sum(e.amount_fen) AS amount FROM settlement.ledger_entries e "
+            "JOIN settlement.ledger_transactions t ON t.id = e.transaction_id "
+            "WHERE t.kind IN ('commission_earned', 'commission_clawback') AND e.account_id = "
+            "(SELECT id FROM settlement.accounts WHERE code = :exp) GROUP BY 1) "
+            "SELECT c.id, c.amount_fen - c.reversed_fen AS owed, coalesce(b.amount, 0) AS booked "
+            "FROM settlement.commissions c LEFT JOIN booked b ON b.line_id = c.order_line_id "
+            "WHERE c.amount_fen - c.reversed_fen <> -coalesce(b.amount, 0)"
         ),
         {"exp": COMMISSION_EXPENSE},
     ):

@@ -22,6 +22,9 @@ class CommissionOut(BaseModel):
     base_fen: int
     rate: Decimal
     amount_fen: int
+    # after-sales refunds of the line and the commission clawed back for them
+    refunded_fen: int = 0
+    reversed_fen: int = 0
     status: str
     picked_up_at: datetime
     available_at: datetime

@@ -196,6 +196,19 @@ async def _pending_is(leader: int, fen: int) -> bool:
     return (await balances(leader))["pending_fen"] == fen
 
 
+async def test_the_scheduled_release_task_runs_in_the_worker(platform, sdb):
+    from services.common.celery_app import celery  # after infra has set the test's queue
+
+    leader = new_leader()
+    await deliver(pickup_envelope(leader, [2000], due=True))
+    celery.send_task("settlement.release_commissions")
+    await eventually(lambda: _available_is(leader, 240))
+
+
+async def _available_is(leader: int, fen: int) -> bool:
+    return (await balances(leader))["available_fen"] == fen
+
+
 async def test_release_route_is_for_staff(gateway_url, sdb):
     leader = new_leader()
     await deliver(pickup_envelope(leader, [1000], due=True))
