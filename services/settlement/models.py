@@ -109,7 +109,8 @@ class CommissionRefund(SQLModel, table=True):
 
     refund_id: int = Field(primary_key=True)
     order_line_id: int = Field(primary_key=True)
-    commission_id: int = Field(index=True)
+    # null while an after-sales refund waits for its (late) pickup event
+    commission_id: int | None = Field(default=None, index=True)
     amount_fen: int
     clawback_fen: int
     created_at: datetime = ts_field(default_now=True)

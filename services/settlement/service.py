@@ -54,6 +54,7 @@ async def record_commissions(s: AsyncSession, payload: dict) -> int:
     picked_up_at = datetime.fromisoformat(payload["picked_up_at"])
     available_at = picked_up_at + timedelta(days=get_settings().commission_release_days)
     created = 0
+    await _lock_lines(s, [int(line["line_id"]) for line in payload["lines"]])
     for line in payload["lines"]:
         base = int(line["base_fen"])
         if base <= 0:
@@ -80,19 +81,35 @@ async def record_commissions(s: AsyncSession, payload: dict) -> int:
                 },
             )
         ).scalar_one_or_none()
-        if row is None or amount == 0:
+        if row is None:
             continue
-        await ledger.post(
-            s,
-            f"commission:{line['line_id']}",
-            "commission_earned",
-            [
-                ledger.Leg(ledger.leader_account(leader_id, ledger.PENDING), amount),
-                ledger.Leg(ledger.COMMISSION_EXPENSE, -amount),
-            ],
-            memo=f"order {payload['order_id']} line {line['line_id']}",
-        )
         created += 1
+        if amount:
+            await ledger.post(
+                s,
+                f"commission:{line['line_id']}",
+                "commission_earned",
+                [
+                    ledger.Leg(ledger.leader_account(leader_id, ledger.PENDING), amount),
+                    ledger.Leg(ledger.COMMISSION_EXPENSE, -amount),
+                ],
+                memo=f"order {payload['order_id']} line {line['line_id']}",
+            )
+        # after-sales refunds of this line that were consumed before this pickup
+        waiting = (
+            await s.execute(
+                text(
+                    "UPDATE settlement.commission_refunds SET commission_id = :c "
+                    "WHERE order_line_id = :l AND commission_id IS NULL "
+                    "RETURNING refund_id, amount_fen"
+                ),
+                {"c": row, "l": int(line["line_id"])},
+            )
+        ).all()
+        for w in sorted(waiting):
+            await _claw_back(
+                s, row, w.refund_id, int(line["line_id"]), w.amount_fen, f"refund {w.refund_id}"
+            )
     return created
 
 
@@ -153,16 +170,34 @@ async def release_due(db, batch: int | None = None) -> int:
             return released
 
 
+# one lock per order line, taken by both the pickup and the refund consumer, so an
+# after-sales refund consumed before its pickup is either seen by the pickup or sees it.
+# All of an event's lines are locked up front, in id order, before any account row, so
+# two consumers never wait on each other in a cycle.
+_LINE_LOCK = 7_240_104
+
+
+async def _lock_lines(s: AsyncSession, line_ids: list[int]) -> None:
+    for line_id in sorted(set(line_ids)):
+        await s.execute(
+            text("SELECT pg_advisory_xact_lock(:k, :l)"), {"k": _LINE_LOCK, "l": line_id}
+        )
+
+
 async def apply_refund(s: AsyncSession, payload: dict) -> int:
     """On `order.refunded`: reduce the commission of each refunded line that has one.
 
     Before release the pending commission shrinks; after release it is clawed back from
-    available, and what available cannot cover becomes a receivable. Lines that never had
-    a commission (refunded before pickup) change nothing. Once per (refund, line).
+    available, and what available cannot cover becomes a receivable. Lines refunded
+    before pickup never had a commission and change nothing; an after-sales refund that
+    arrives before its pickup event waits for the commission. Once per (refund, line).
     """
     refund_id = int(payload["refund_id"])
+    memo = f"order {payload.get('order_id')} refund {refund_id} ({payload.get('reason')})"
     applied = 0
-    for line in payload.get("lines") or []:
+    lines = payload.get("lines") or []
+    await _lock_lines(s, [int(line["line_id"]) for line in lines])
+    for line in lines:
         line_id, refunded = int(line["line_id"]), int(line["amount_fen"])
         if refunded <= 0:
             continue
@@ -173,7 +208,7 @@ async def apply_refund(s: AsyncSession, payload: dict) -> int:
                 {"l": line_id},
             )
         ).scalar_one_or_none()
-        if commission_id is None:
+        if commission_id is None and payload.get("reason") != "after_sales":
             continue
         first = (
             await s.execute(
@@ -191,61 +226,67 @@ async def apply_refund(s: AsyncSession, payload: dict) -> int:
                 },
             )
         ).scalar_one_or_none()
-        if first is None:
+        if first is None or commission_id is None:
             continue
-        c = (
-            await s.execute(
-                text(
-                    "UPDATE settlement.commissions SET refunded_fen = LEAST(base_fen, "
-                    "refunded_fen + :a) WHERE id = :id RETURNING leader_id, base_fen, "
-                    "refunded_fen, rate, amount_fen, reversed_fen, status"
-                ),
-                {"a": refunded, "id": commission_id},
-            )
-        ).one()
-        # recomputed from the remaining base, so several partial refunds round like one
-        clawback = max(
-            0, c.amount_fen - c.reversed_fen - commission_for(c.base_fen - c.refunded_fen, c.rate)
-        )
-        if clawback == 0:
-            continue
-        await s.execute(
-            text(
-                "UPDATE settlement.commissions SET reversed_fen = reversed_fen + :x, status = "
-                "CASE WHEN status = 'pending' AND reversed_fen + :x = amount_fen THEN 'reversed' "
-                "ELSE status END WHERE id = :id"
-            ),
-            {"x": clawback, "id": commission_id},
-        )
-        await s.execute(
-            text(
-                "UPDATE settlement.commission_refunds SET clawback_fen = :x "
-                "WHERE refund_id = :r AND order_line_id = :l"
-            ),
-            {"x": clawback, "r": refund_id, "l": line_id},
-        )
-        leader = c.leader_id
-        if c.status == "pending":
-            legs = [ledger.Leg(ledger.leader_account(leader, ledger.PENDING), -clawback)]
-        else:
-            avail_code = ledger.leader_account(leader, ledger.AVAILABLE)
-            held = await ledger.lock_balances(
-                s, [avail_code, ledger.leader_account(leader, ledger.RECEIVABLE)]
-            )
-            covered = min(held[avail_code], clawback)
-            legs = [
-                ledger.Leg(avail_code, -covered),
-                ledger.Leg(ledger.leader_account(leader, ledger.RECEIVABLE), covered - clawback),
-            ]
-        await ledger.post(
-            s,
-            f"refund:{refund_id}:{line_id}",
-            "commission_clawback",
-            [*legs, ledger.Leg(ledger.COMMISSION_EXPENSE, clawback)],
-            memo=f"order {payload.get('order_id')} refund {refund_id} ({payload.get('reason')})",
-        )
-        applied += 1
+        applied += await _claw_back(s, commission_id, refund_id, line_id, refunded, memo)
     return applied
+
+
+async def _claw_back(
+    s: AsyncSession, commission_id: int, refund_id: int, line_id: int, refunded: int, memo: str
+) -> int:
+    c = (
+        await s.execute(
+            text(
+                "UPDATE settlement.commissions SET refunded_fen = LEAST(base_fen, "
+                "refunded_fen + :a) WHERE id = :id RETURNING leader_id, base_fen, "
+                "refunded_fen, rate, amount_fen, reversed_fen, status"
+            ),
+            {"a": refunded, "id": commission_id},
+        )
+    ).one()
+    # recomputed from the remaining base, so several partial refunds round like one
+    clawback = max(
+        0, c.amount_fen - c.reversed_fen - commission_for(c.base_fen - c.refunded_fen, c.rate)
+    )
+    if clawback == 0:
+        return 0
+    await s.execute(
+        text(
+            "UPDATE settlement.commissions SET reversed_fen = reversed_fen + :x, status = "
+            "CASE WHEN status = 'pending' AND reversed_fen + :x = amount_fen THEN 'reversed' "
+            "ELSE status END WHERE id = :id"
+        ),
+        {"x": clawback, "id": commission_id},
+    )
+    await s.execute(
+        text(
+            "UPDATE settlement.commission_refunds SET clawback_fen = :x "
+            "WHERE refund_id = :r AND order_line_id = :l"
+        ),
+        {"x": clawback, "r": refund_id, "l": line_id},
+    )
+    leader = c.leader_id
+    if c.status == "pending":
+        legs = [ledger.Leg(ledger.leader_account(leader, ledger.PENDING), -clawback)]
+    else:
+        avail_code = ledger.leader_account(leader, ledger.AVAILABLE)
+        held = await ledger.lock_balances(
+            s, [avail_code, ledger.leader_account(leader, ledger.RECEIVABLE)]
+        )
+        covered = min(held[avail_code], clawback)
+        legs = [
+            ledger.Leg(avail_code, -covered),
+            ledger.Leg(ledger.leader_account(leader, ledger.RECEIVABLE), covered - clawback),
+        ]
+    await ledger.post(
+        s,
+        f"refund:{refund_id}:{line_id}",
+        "commission_clawback",
+        [*legs, ledger.Leg(ledger.COMMISSION_EXPENSE, clawback)],
+        memo=memo,
+    )
+    return 1
 
 
 async def commissions_of(

@@ -279,3 +279,24 @@ def test_check_ledger_command(infra):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ledger ok" in done.stdout
+
+
+async def test_an_after_sales_refund_consumed_before_its_pickup_still_counts(sdb):
+    leader = new_leader()
+    pickup = pickup_envelope(leader, [1980])
+    line = pickup["payload"]["lines"][0]["line_id"]
+    assert await deliver(refund_envelope(leader, [(line, 990)]))  # arrives first
+    assert (await balances(leader))["pending_fen"] == 0
+    await deliver(pickup)
+    assert (await balances(leader))["pending_fen"] == 119  # 990 x 12%, not 238
+    assert (await _commission(line))["reversed_fen"] == 119
+
+
+async def test_pickup_and_refund_racing_always_agree(sdb):
+    for _ in range(10):
+        leader = new_leader()
+        pickup = pickup_envelope(leader, [1000, 3000])
+        first, second = (ln["line_id"] for ln in pickup["payload"]["lines"])
+        refund = refund_envelope(leader, [(first, 1000), (second, 500)])
+        await asyncio.gather(deliver(refund), deliver(pickup))
+        assert (await balances(leader))["pending_fen"] == 300  # 2500 x 12%

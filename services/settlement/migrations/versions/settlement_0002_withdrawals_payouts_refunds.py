@@ -24,7 +24,7 @@ def upgrade() -> None:
         "commission_refunds",
         sa.Column("refund_id", sa.Integer(), nullable=False),
         sa.Column("order_line_id", sa.Integer(), nullable=False),
-        sa.Column("commission_id", sa.Integer(), nullable=False),
+        sa.Column("commission_id", sa.Integer(), nullable=True),
         sa.Column("amount_fen", sa.Integer(), nullable=False),
         sa.Column("clawback_fen", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
