@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import itertools
 import random
-import uuid
 from datetime import datetime, timedelta
-from decimal import Decimal
 
 import pytest
 
@@ -119,10 +117,3 @@ async def earn_available(leader_id: int, commission_fen: int) -> None:
 
 def new_leader() -> int:
     return next_id()
-
-
-def unique_key() -> str:
-    return uuid.uuid4().hex
-
-
-RATE = Decimal("0.12")
