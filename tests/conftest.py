@@ -70,6 +70,9 @@ class Infra:
             "RATE_LIMIT_PER_MINUTE": "100000",
             "AUTH_RATE_LIMIT_PER_MINUTE": "100000",
             "PICKUP_RATE_LIMIT_PER_MINUTE": "100000",
+            # few idle connections per process: parallel runs share one PostgreSQL
+            # (max_connections 100); bursts still open up to DB_MAX_OVERFLOW more
+            "DB_POOL_SIZE": "2",
         }
         os.environ.update(self.env)
         os.environ["DATABASE_URL"] = self.database_url

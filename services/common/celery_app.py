@@ -59,6 +59,18 @@ celery.conf.update(
             "task": "leaders.evaluate_tiers",
             "schedule": _settings.tier_evaluation_interval_s,
         },
+        "release-commissions": {
+            "task": "settlement.release_commissions",
+            "schedule": _settings.commission_release_interval_s,
+        },
+        "retry-payouts": {
+            "task": "settlement.retry_payouts",
+            "schedule": _settings.payout_retry_interval_s,
+        },
+        "reconcile-payouts": {
+            "task": "settlement.reconcile_daily",
+            "schedule": _settings.reconciliation_interval_s,
+        },
     },
 )
 

@@ -166,5 +166,30 @@ def close_day(day: str) -> None:
     console.print(result)
 
 
+@app.command("check-ledger")
+def check_ledger() -> None:
+    """Verify the whole settlement ledger: balanced, non-negative, balances = entries."""
+    from services.settlement.ledger import check_invariants
+
+    from .db import get_db
+
+    _settings()
+
+    async def check() -> list[str]:
+        db = get_db("settlement")
+        try:
+            async with db.session() as s:
+                return await check_invariants(s)
+        finally:
+            await db.dispose()
+
+    problems = asyncio.run(check())
+    for p in problems:
+        console.print(f"[red]{p}[/]")
+    if problems:
+        sys.exit(1)
+    console.print("ledger ok")
+
+
 if __name__ == "__main__":
     app()

@@ -60,6 +60,8 @@ class Transfer:
     id: str
     amount_fen: int
     destination: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    created: int = 0  # provider's epoch seconds
 
 
 def _form(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -238,7 +240,37 @@ class PaymentProvider:
             },
             idempotency_key,
         )
-        return Transfer(id=body["id"], amount_fen=int(body["amount"]), destination=destination)
+        return Transfer(
+            id=body["id"],
+            amount_fen=int(body["amount"]),
+            destination=destination,
+            metadata=dict(body.get("metadata") or {}),
+            created=int(body.get("created") or 0),
+        )
+
+    async def list_transfers(self, page_size: int = 100) -> list[Transfer]:
+        """Every transfer the provider holds (paged with `starting_after`)."""
+        out: list[Transfer] = []
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": page_size}
+            if after:
+                params["starting_after"] = after
+            body = await self._call("GET", "/v1/transfers", params)
+            data = body.get("data") or []
+            out.extend(
+                Transfer(
+                    id=t["id"],
+                    amount_fen=int(t["amount"]),
+                    destination=str(t.get("destination") or ""),
+                    metadata=dict(t.get("metadata") or {}),
+                    created=int(t.get("created") or 0),
+                )
+                for t in data
+            )
+            if not body.get("has_more") or not data:
+                return out
+            after = data[-1]["id"]
 
     async def aclose(self) -> None:
         if self._client is not None:

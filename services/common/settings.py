@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     training_sessions_per_week: int = 2
     share_link_base: str = "https://groupbuy.example/join?invite="
     min_withdrawal_fen: int = 1000
+    # the payout SLA: requests older than this many working days are flagged to staff
+    payout_sla_working_days: int = 2
 
     # --- events and schedules -------------------------------------------------------------
     outbox_sweep_interval_s: float = 5.0
@@ -115,6 +117,12 @@ class Settings(BaseSettings):
     event_max_retries: int = 20
     # the evaluation records one result per leader per day, so running hourly is safe
     tier_evaluation_interval_s: float = 3600.0
+    commission_release_interval_s: float = 600.0
+    commission_release_batch: int = 1000
+    # an approved payout with no recorded result after this long is retried
+    payout_retry_after_s: int = 300
+    payout_retry_interval_s: float = 300.0
+    reconciliation_interval_s: float = 86400.0
 
     log_level: str = "INFO"
     log_json: bool = True

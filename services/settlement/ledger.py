@@ -17,11 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.common.clock import clock
 from services.common.errors import Conflict
 
-# leader accounts (what the platform owes a leader), by state of the money
+# leader accounts (what the platform owes a leader), by state of the money. Amounts are
+# signed so that every transaction sums to zero: what the platform owes a leader is
+# positive, so a receivable (what the leader owes after a claw-back) is never above zero.
 PENDING, AVAILABLE, WITHDRAWING, RECEIVABLE = "pending", "available", "withdrawing", "receivable"
+LEADER_KINDS = (PENDING, AVAILABLE, WITHDRAWING, RECEIVABLE)
 # platform accounts: may go negative (they are the other side of every leader entry)
 COMMISSION_EXPENSE = "platform:commission_expense"
-PAYOUTS_IN_TRANSIT = "platform:payouts_in_transit"
+PAYOUTS = "platform:payouts"
 
 
 class InsufficientBalance(Conflict):
@@ -41,7 +44,7 @@ class Leg:
 async def _ensure_account(s: AsyncSession, code: str) -> int:
     if code.startswith("leader:"):
         _, leader_id, kind = code.split(":")
-        params = {"c": code, "l": int(leader_id), "k": kind, "neg": False}
+        params = {"c": code, "l": int(leader_id), "k": kind, "neg": kind == RECEIVABLE}
     else:
         params = {"c": code, "l": None, "k": code.split(":", 1)[1], "neg": True}
     await s.execute(
@@ -54,6 +57,24 @@ async def _ensure_account(s: AsyncSession, code: str) -> int:
     return (
         await s.execute(text("SELECT id FROM settlement.accounts WHERE code = :c"), {"c": code})
     ).scalar_one()
+
+
+async def lock_balances(s: AsyncSession, codes: list[str]) -> dict[str, int]:
+    """Lock accounts (in code order, like `post`) and return their balances, for rules that
+    decide an amount from a balance: nobody else can move it until this transaction ends."""
+    codes = sorted(set(codes))
+    for code in codes:
+        await _ensure_account(s, code)
+    rows = (
+        await s.execute(
+            text(
+                "SELECT code, balance_fen FROM settlement.accounts WHERE code = ANY(:c) "
+                "ORDER BY code FOR UPDATE"
+            ),
+            {"c": codes},
+        )
+    ).all()
+    return {r.code: r.balance_fen for r in rows}
 
 
 async def post(s: AsyncSession, reference: str, kind: str, legs: list[Leg], memo: str = "") -> bool:
@@ -105,3 +126,59 @@ async def balances(s: AsyncSession, leader_id: int) -> dict[str, int]:
     out = {PENDING: 0, AVAILABLE: 0, WITHDRAWING: 0, RECEIVABLE: 0}
     out.update({r.kind: r.balance_fen for r in rows})
     return out
+
+
+async def check_invariants(s: AsyncSession) -> list[str]:
+    """Every rule the ledger must keep, checked over the whole ledger; [] when all hold."""
+    problems: list[str] = []
+    for r in await s.execute(
+        text(
+            "SELECT t.reference, e.currency, sum(e.amount_fen) AS total "
+            "FROM settlement.ledger_entries e JOIN settlement.ledger_transactions t "
+            "ON t.id = e.transaction_id GROUP BY t.reference, e.currency HAVING sum(e.amount_fen) <> 0"
+        )
+    ):
+        problems.append(f"transaction {r.reference} sums to {r.total} {r.currency}, not 0")
+    for r in await s.execute(
+        text(
+            "SELECT a.code, a.balance_fen, coalesce(sum(e.amount_fen), 0) AS entries "
+            "FROM settlement.accounts a LEFT JOIN settlement.ledger_entries e ON e.account_id = a.id "
+            "GROUP BY a.id HAVING a.balance_fen <> coalesce(sum(e.amount_fen), 0)"
+        )
+    ):
+        problems.append(
+            f"account {r.code} holds {r.balance_fen} but its entries sum to {r.entries}"
+        )
+    for r in await s.execute(
+        text(
+            "SELECT code, balance_fen FROM settlement.accounts WHERE leader_id IS NOT NULL AND "
+            "((kind <> :rec AND balance_fen < 0) OR (kind = :rec AND balance_fen > 0))"
+        ),
+        {"rec": RECEIVABLE},
+    ):
+        problems.append(f"leader account {r.code} has the wrong sign: {r.balance_fen}")
+    for r in await s.execute(
+        text(
+            "SELECT currency, sum(amount_fen) AS total FROM settlement.ledger_entries "
+            "GROUP BY currency HAVING sum(amount_fen) <> 0"
+        )
+    ):
+        problems.append(f"all {r.currency} entries sum to {r.total}, not 0")
+    # a commission's ledger trail must equal what the commission row says it is worth
+    # (references: commission:<line> when earned, refund:<refund>:<line> when clawed back)
+    for r in await s.execute(
+        text(
+            "WITH booked AS (SELECT split_part(t.reference, ':', "
+            "CASE WHEN t.kind = 'commission_earned' THEN 2 ELSE 3 END)::bigint AS line_id, "
+            "sum(e.amount_fen) AS amount FROM settlement.ledger_entries e "
+            "JOIN settlement.ledger_transactions t ON t.id = e.transaction_id "
+            "WHERE t.kind IN ('commission_earned', 'commission_clawback') AND e.account_id = "
+            "(SELECT id FROM settlement.accounts WHERE code = :exp) GROUP BY 1) "
+            "SELECT c.id, c.amount_fen - c.reversed_fen AS owed, coalesce(b.amount, 0) AS booked "
+            "FROM settlement.commissions c LEFT JOIN booked b ON b.line_id = c.order_line_id "
+            "WHERE c.amount_fen - c.reversed_fen <> -coalesce(b.amount, 0)"
+        ),
+        {"exp": COMMISSION_EXPENSE},
+    ):
+        problems.append(f"commission {r.id} is worth {r.owed} but the ledger expensed {-r.booked}")
+    return problems

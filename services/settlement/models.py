@@ -16,6 +16,7 @@ plumbing_tables(SCHEMA)
 class CommissionStatus(StrEnum):
     pending = "pending"
     available = "available"
+    # fully clawed back before release: nothing left to release
     reversed = "reversed"
 
 
@@ -26,6 +27,8 @@ class Commission(SQLModel, table=True):
     __table_args__ = (
         Index("ix_commissions_leader", "leader_id", "id"),
         Index("ix_commissions_release", "available_at", postgresql_where="status = 'pending'"),
+        CheckConstraint("refunded_fen BETWEEN 0 AND base_fen", name="refund_within_base"),
+        CheckConstraint("reversed_fen BETWEEN 0 AND amount_fen", name="reversal_within_amount"),
         {"schema": SCHEMA},
     )
 
@@ -37,9 +40,13 @@ class Commission(SQLModel, table=True):
     base_fen: int
     rate: Decimal = Field(sa_column=Column(Numeric(5, 4), nullable=False))
     amount_fen: int
+    # after-sales refunds: base refunded so far and the commission clawed back for them
+    refunded_fen: int = Field(default=0)
+    reversed_fen: int = Field(default=0)
     status: str = Field(default=CommissionStatus.pending, max_length=16)
     picked_up_at: datetime = ts_field()
     available_at: datetime = ts_field()
+    released_at: datetime | None = ts_field(nullable=True)
     created_at: datetime = ts_field(default_now=True)
 
 
@@ -50,6 +57,8 @@ class Account(SQLModel, table=True):
     __tablename__ = "accounts"
     __table_args__ = (
         CheckConstraint("allow_negative OR balance_fen >= 0", name="non_negative_balance"),
+        # a receivable is what the leader owes: debit-normal, so never above zero
+        CheckConstraint("kind <> 'receivable' OR balance_fen <= 0", name="receivable_is_debt"),
         {"schema": SCHEMA},
     )
 
@@ -89,4 +98,63 @@ class LedgerEntry(SQLModel, table=True):
     account_id: int = Field(foreign_key=f"{SCHEMA}.accounts.id")
     amount_fen: int
     currency: str = Field(default="CNY", max_length=3)
+    created_at: datetime = ts_field(default_now=True)
+
+
+class CommissionRefund(SQLModel, table=True):
+    """One refund of one commissioned line, applied once however often the event arrives."""
+
+    __tablename__ = "commission_refunds"
+    __table_args__ = ({"schema": SCHEMA},)
+
+    refund_id: int = Field(primary_key=True)
+    order_line_id: int = Field(primary_key=True)
+    # null while an after-sales refund waits for its (late) pickup event
+    commission_id: int | None = Field(default=None, index=True)
+    amount_fen: int
+    clawback_fen: int
+    created_at: datetime = ts_field(default_now=True)
+
+
+class WithdrawalStatus(StrEnum):
+    requested = "requested"
+    approved = "approved"
+    paid = "paid"
+    failed = "failed"
+    rejected = "rejected"
+
+
+class Withdrawal(SQLModel, table=True):
+    __tablename__ = "withdrawals"
+    __table_args__ = (
+        Index("ix_withdrawals_leader", "leader_id", "id"),
+        Index("ix_withdrawals_status", "status", "id"),
+        CheckConstraint("amount_fen > 0", name="positive_amount"),
+        {"schema": SCHEMA},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    leader_id: int
+    amount_fen: int
+    status: str = Field(default=WithdrawalStatus.requested, max_length=16)
+    reason: str | None = Field(default=None, max_length=500)
+    decided_by: int | None = None
+    created_at: datetime = ts_field(default_now=True)
+    decided_at: datetime | None = ts_field(nullable=True)
+    # written before the provider is called, so a retry knows a transfer may exist
+    payout_started_at: datetime | None = ts_field(nullable=True)
+    payout_attempts: int = Field(default=0)
+    provider_transfer_id: str | None = Field(default=None, max_length=100, unique=True)
+    failure_code: str | None = Field(default=None, max_length=100)
+    settled_at: datetime | None = ts_field(nullable=True)
+
+
+class PayoutAccount(SQLModel, table=True):
+    """The leader's connected account at the payment provider, created on first payout."""
+
+    __tablename__ = "payout_accounts"
+    __table_args__ = ({"schema": SCHEMA},)
+
+    leader_id: int = Field(primary_key=True)
+    provider_account_id: str = Field(max_length=100)
     created_at: datetime = ts_field(default_now=True)
