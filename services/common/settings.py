@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     reservation_expiry_interval_s: float = 60.0
     event_max_retries: int = 20
 
+    # the worker serves its tasks' counters here (0: off); needs PROMETHEUS_MULTIPROC_DIR
+    worker_metrics_port: int = 0
+
     log_level: str = "INFO"
     log_json: bool = True
 
