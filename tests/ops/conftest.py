@@ -43,7 +43,7 @@ def ops_platform(infra):
 
 
 @pytest.fixture(scope="session")
-async def ops_seeded(infra):
+async def ops_seeded(ops_platform):
     from services.common.seed import seed_demo
 
     await seed_demo()
