@@ -167,6 +167,11 @@ def _libpq_url(url: str) -> str:
 
 
 PROCESSES = ("gateway", "catalog", "orders", "leaders", "settlement", "worker", "beat", "migrate")
+HTTP_PROCESSES = ("gateway", "catalog", "orders", "leaders", "settlement")
+
+
+def _serve_marker() -> Path:
+    return Path(os.environ.get("DATA_DIR", ".data")) / "serve.json"
 
 
 @app.command()
@@ -198,8 +203,42 @@ def serve(
         target = "gateway.app:app" if process == "gateway" else f"services.{process}.app:app"
         argv = [sys.executable, "-m", "uvicorn", target, "--host", host, "--port", str(port)]
         argv += ["--no-access-log", "--log-level", "warning", "--proxy-headers"]
+    import json
+    import socket
+
+    node = f"worker@{socket.gethostname()}"
+    if process == "worker":
+        argv += ["--hostname", node]
+    marker = _serve_marker()
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"process": process, "port": port, "node": node}))
     # exec: the process gets the container's signals directly (clean SIGTERM shutdown)
     os.execv(argv[0], argv)
+
+
+@app.command()
+def healthcheck() -> None:
+    """The image's HEALTHCHECK: does the process `serve` started here answer?"""
+    import json
+    import urllib.request
+
+    marker = _serve_marker()
+    if not marker.exists():
+        _fail("no process was started with `groupbuy serve` in this container")
+    info = json.loads(marker.read_text())
+    try:
+        if info["process"] in HTTP_PROCESSES:
+            with urllib.request.urlopen(f"http://127.0.0.1:{info['port']}/healthz", timeout=3):
+                pass
+        elif info["process"] == "worker":
+            _settings()
+            from .celery_app import celery
+
+            if not celery.control.ping(destination=[info["node"]], timeout=3.0):
+                _fail(f"{info['node']} does not answer a ping")
+    except OSError as e:
+        _fail(f"{info['process']} is not healthy: {e}")
+    # beat and migrate: the container lives exactly as long as the process does
 
 
 @app.command()

@@ -31,12 +31,18 @@ def ops_platform(infra):
             "CELERY_QUEUE": f"{infra.queue}-ops",
             "LOG_LEVEL": "DEBUG",
             "WORKER_METRICS_PORT": str(worker_metrics),
+            # a second platform on a PostgreSQL other suites share: stay light on connections
+            "DB_POOL_SIZE": "2",
+            "DB_MAX_OVERFLOW": "4",
         },
         supervisor=supervisor,
     )
     platform.worker_metrics_url = f"http://127.0.0.1:{worker_metrics}/metrics"
     platform.log_dir = supervisor.log_dir
     try:
+        devstack.wait_http(
+            platform.worker_metrics_url, alive=lambda: supervisor.procs["worker"].poll() is None
+        )
         yield platform
     finally:
         platform.stop()

@@ -83,11 +83,12 @@ def test_bad_usage_exits_2():
     assert groupbuy("no-such-command").returncode == 2
 
 
-def test_serve_runs_one_process_of_the_image(infra):
+def test_serve_runs_one_process_of_the_image(infra, tmp_path):
     port = devstack.free_port()
+    env = {"PORT": str(port), "DATA_DIR": str(tmp_path)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.common.cli", "serve", "catalog", "--host", "127.0.0.1"],
-        env={**os.environ, "PORT": str(port)},
+        env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -98,6 +99,8 @@ def test_serve_runs_one_process_of_the_image(infra):
         assert ready.status_code == 200, ready.text
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
         assert "groupbuy_outbox_lag_seconds" in metrics.text
+        # the image's HEALTHCHECK finds the process `serve` started
+        assert groupbuy("healthcheck", env=env).returncode == 0
     finally:
         proc.terminate()
         deadline = time.monotonic() + 10
@@ -111,3 +114,4 @@ def test_serve_runs_one_process_of_the_image(infra):
     # (uvicorn re-raises the signal after its graceful shutdown, hence -SIGTERM)
     assert stopped_by_sigterm
     assert proc.returncode in (0, -signal.SIGTERM)
+    assert groupbuy("healthcheck", env=env).returncode == 1
