@@ -206,7 +206,8 @@ def serve(
     import json
     import socket
 
-    node = f"worker@{socket.gethostname()}"
+    # execv keeps the pid: unique even with several workers on one host
+    node = f"worker-{os.getpid()}@{socket.gethostname()}"
     if process == "worker":
         argv += ["--hostname", node]
     marker = _serve_marker()

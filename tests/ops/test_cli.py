@@ -115,3 +115,35 @@ def test_serve_runs_one_process_of_the_image(infra, tmp_path):
     assert stopped_by_sigterm
     assert proc.returncode in (0, -signal.SIGTERM)
     assert groupbuy("healthcheck", env=env).returncode == 1
+
+
+def test_serve_worker_answers_pings_and_serves_its_metrics(infra, tmp_path):
+    metrics_port = devstack.free_port()
+    env = {
+        "DATA_DIR": str(tmp_path),
+        "CELERY_QUEUE": f"{infra.queue}-serve",
+        "WORKER_METRICS_PORT": str(metrics_port),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "worker-metrics"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.common.cli", "serve", "worker", "--concurrency", "1"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        devstack.wait_http(
+            f"http://127.0.0.1:{metrics_port}/metrics", alive=lambda: proc.poll() is None
+        )
+        deadline = time.monotonic() + 30
+        while groupbuy("healthcheck", env=env).returncode != 0:
+            assert time.monotonic() < deadline, "the worker never answered its health ping"
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
