@@ -362,9 +362,12 @@ def backup(
 def restore(
     dump: Path = typer.Argument(..., exists=True, dir_okay=False, help="a file from `backup`"),
     database_url: str = typer.Option(None, help="defaults to DATABASE_URL"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
 ) -> None:
     """Restore a `backup` file into the database, replacing the objects it holds."""
     url = _libpq_url(database_url or _settings().database_url)
+    if not yes:
+        typer.confirm(f"Replace the data in {_masked(url)} with {dump}?", abort=True)
     argv = [_pg_tool("pg_restore"), "--clean", "--if-exists", "--no-owner", "--single-transaction"]
     _run_pg_tool([*argv, str(dump)], f"restoring into {_masked(url)}", url)
     console.print(f"[green]restored[/] {dump} into {_masked(url)}")

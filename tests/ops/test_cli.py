@@ -60,7 +60,19 @@ def test_migrate_then_restore_a_backup_reproduces_the_data(
     assert dump.stat().st_size > 0
     assert not list(dump.parent.glob("*.partial"))
 
-    done = groupbuy("restore", str(dump), "--database-url", scratch_db)
+    # without --yes an operator is asked first; answering no changes nothing
+    refused = subprocess.run(
+        [sys.executable, "-m", "services.common.cli", "restore", str(dump)],
+        env={**os.environ, "DATABASE_URL": scratch_db},
+        input="n\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1
+    assert _count(scratch_db, "SELECT count(*) FROM leaders.leaders") == 0
+
+    done = groupbuy("restore", str(dump), "--database-url", scratch_db, "--yes")
     assert done.returncode == 0, done.stdout + done.stderr
     assert _count(scratch_db, "SELECT count(*) FROM leaders.leaders") == source_leaders
     assert _count(scratch_db, "SELECT count(*) FROM catalog.products") == source_products
