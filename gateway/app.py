@@ -25,10 +25,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from services.common.auth import bearer_token, verify_token
 from services.common.errors import DomainError, install_error_handlers, problem
 from services.common.logging import configure_logging
+from services.common.metrics import MetricsMiddleware, metrics_response
 from services.common.settings import SERVICES, get_settings
 
 from .ratelimit import RateLimiter
-from .routing import AUTH_PATHS, PICKUP_PATHS, is_public, service_for
+from .routing import AUTH_PATHS, PICKUP_PATHS, ROUTES, is_public, service_for
 
 log = structlog.get_logger()
 PREFIX = "/api/v1"
@@ -90,10 +91,16 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, process="gateway", label=gateway_route)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict:
         return {"status": "ok", "service": "gateway"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        # the gateway's own; services' /metrics are never proxied (not under /api/v1)
+        return metrics_response()
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz():
@@ -233,6 +240,15 @@ def create_app() -> FastAPI:
         return Response(upstream.content, status_code=upstream.status_code, headers=out_headers)
 
     return app
+
+
+def gateway_route(scope) -> str:
+    """Per public prefix: one label per service area, whatever ids the path holds."""
+    path = scope["path"]
+    if path.startswith(f"{PREFIX}/"):
+        first = path[len(PREFIX) + 1 :].split("/", 1)[0]
+        return f"{PREFIX}/{first}" if first in ROUTES or first == "openapi.json" else "unmatched"
+    return path if path in ("/docs",) else "unmatched"
 
 
 async def merged_openapi(upstreams: Upstreams) -> dict[str, Any]:

@@ -32,7 +32,8 @@ PICKUP_PATHS = re.compile(r"^orders/pickups$")
 def service_for(path: str) -> str | None:
     """`path` is what follows /api/v1/. Internal routes are never reachable from outside."""
     segments = path.split("/")
-    if any(seg.lower() == "internal" for seg in segments):
+    # dot segments could climb out of the service's public prefix (to /metrics, say)
+    if any(seg.lower() == "internal" or seg in (".", "..") for seg in segments):
         return None
     return ROUTES.get(segments[0])
 

@@ -58,6 +58,7 @@ class Infra:
             name: devstack.free_port()
             for name in ("gateway", "catalog", "orders", "leaders", "settlement", "payments")
         }
+        self.worker_metrics_port = devstack.free_port()
         self.env = {
             "ENVIRONMENT": "test",
             "CELERY_QUEUE": self.queue,
@@ -66,7 +67,9 @@ class Infra:
             "RESERVATION_EXPIRY_INTERVAL_S": "1",
             "COMPLETION_INTERVAL_S": "1",
             "CUTOFF_CHECK_INTERVAL_S": "1",
-            "LOG_LEVEL": "WARNING",
+            # every line a process can write, so tests/ops can scan them for secrets
+            "LOG_LEVEL": "DEBUG",
+            "WORKER_METRICS_PORT": str(self.worker_metrics_port),
             "RATE_LIMIT_PER_MINUTE": "100000",
             "AUTH_RATE_LIMIT_PER_MINUTE": "100000",
             "PICKUP_RATE_LIMIT_PER_MINUTE": "100000",

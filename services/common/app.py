@@ -17,6 +17,7 @@ from .db import get_db
 from .errors import install_error_handlers, problem
 from .idempotency import IdempotencyMiddleware
 from .logging import configure_logging
+from .metrics import MetricsMiddleware, metrics_response, refresh_outbox_lag
 from .settings import get_settings
 
 log = structlog.get_logger()
@@ -147,7 +148,14 @@ def create_service_app(
             return {"status": "ready", "service": service, "checks": checks}
         return problem(503, "not_ready", "Not ready", f"{service} is not ready", checks=checks)
 
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    async def metrics():
+        # never routed by the gateway: only the cluster's Prometheus reaches it
+        await refresh_outbox_lag(db)
+        return metrics_response()
+
     app.add_middleware(IdempotencyMiddleware, db=db)
     app.add_middleware(BodyLimitMiddleware, max_bytes=get_settings().max_body_bytes)
+    app.add_middleware(MetricsMiddleware, process=service)
     app.add_middleware(RequestContextMiddleware, process=service)
     return app

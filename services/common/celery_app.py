@@ -11,7 +11,18 @@ from typing import Any
 
 import structlog
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import (
+    beat_init,
+    before_task_publish,
+    celeryd_init,
+    task_failure,
+    task_postrun,
+    task_prerun,
+    task_retry,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
 from .settings import SERVICES, get_settings
 
@@ -95,6 +106,102 @@ def _fresh_loop_per_child(**_: Any) -> None:
 
     db._databases.clear()
     db.WORKER_POOL.update(size=_settings.worker_db_pool_size, overflow=1)
+
+
+# --- request ids, logs and metrics of tasks ---------------------------------------------
+
+
+@celeryd_init.connect
+def _worker_logging(**_: Any) -> None:
+    from .logging import configure_logging
+
+    configure_logging("worker")
+
+
+@beat_init.connect
+def _beat_logging(**_: Any) -> None:
+    from .logging import configure_logging
+
+    configure_logging("beat")
+
+
+@worker_init.connect
+def _worker_metrics(**_: Any) -> None:
+    port = get_settings().worker_metrics_port
+    if port:
+        import os
+
+        path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if path and os.path.isdir(path):
+            # an earlier run's files would be summed into this run's counters
+            for name in os.listdir(path):
+                if name.endswith(".db"):
+                    os.unlink(os.path.join(path, name))
+        from .metrics import start_worker_metrics_server
+
+        start_worker_metrics_server(port)
+
+
+@worker_process_shutdown.connect
+def _child_metrics_gone(pid: int | None = None, **_: Any) -> None:
+    import os
+
+    from .metrics import mark_worker_child_dead
+
+    mark_worker_child_dead(pid or os.getpid())
+
+
+@before_task_publish.connect
+def _carry_request_id(headers: dict | None = None, **_: Any) -> None:
+    # a task published while handling a request (or another task) inherits its id
+    rid = structlog.contextvars.get_contextvars().get("request_id")
+    if rid and headers is not None and not headers.get("request_id"):
+        headers["request_id"] = rid
+
+
+def _request_id_of(task, args) -> str | None:
+    rid = getattr(task.request, "request_id", None)
+    if not rid:
+        rid = (getattr(task.request, "headers", None) or {}).get("request_id")
+    if not rid:
+        # an event relayed without headers still carries the id in its envelope
+        for a in args or ():
+            if isinstance(a, dict) and a.get("request_id"):
+                return a["request_id"]
+    return rid
+
+
+@task_prerun.connect
+def _bind_task_context(task_id=None, task=None, args=None, **_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+    ctx = {"process": "worker", "task": task.name, "task_id": task_id}
+    rid = _request_id_of(task, args)
+    if rid:
+        ctx["request_id"] = rid
+    structlog.contextvars.bind_contextvars(**ctx)
+    log.debug("task_started")
+
+
+@task_postrun.connect
+def _unbind_task_context(state=None, **_: Any) -> None:
+    log.debug("task_finished", state=state)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(process="worker")
+
+
+@task_failure.connect
+def _count_failure(sender=None, exception=None, **_: Any) -> None:
+    from .metrics import TASK_FAILURES
+
+    TASK_FAILURES.labels(task=sender.name).inc()
+    log.error("task_failed", error_type=type(exception).__name__)
+
+
+@task_retry.connect
+def _count_retry(sender=None, **_: Any) -> None:
+    from .metrics import TASK_RETRIES
+
+    TASK_RETRIES.labels(task=getattr(sender, "name", "unknown")).inc()
 
 
 @celery.task(name="events.dispatch")

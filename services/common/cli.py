@@ -1,4 +1,8 @@
-"""`groupbuy`: the operator's command line (run, migrate, seed, daily jobs)."""
+"""`groupbuy`: the operator's command line (run, serve, migrate, seed, daily jobs, backup).
+
+Exit codes: 0 done; 1 the operation failed (database unreachable, a tool refused);
+2 bad usage (unknown command or process, malformed argument), from typer itself.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(help="Community group-buying platform: operator commands", no_args_is_help=True)
 console = Console()
@@ -128,16 +133,138 @@ Press Ctrl-C to stop.""")
         console.print("stopped.")
 
 
+def _progress(**kw) -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        **kw,
+    )
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]{message}[/]")
+    raise typer.Exit(1)
+
+
+def _masked(url: str) -> str:
+    """A database URL fit for a terminal or a log: the password replaced."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - unparseable: show nothing of it
+        return "<database url>"
+
+
+def _libpq_url(url: str) -> str:
+    from .db import driver_url
+
+    return driver_url(url, "psycopg").replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+PROCESSES = ("gateway", "catalog", "orders", "leaders", "settlement", "worker", "beat", "migrate")
+HTTP_PROCESSES = ("gateway", "catalog", "orders", "leaders", "settlement")
+
+
+def _serve_marker() -> Path:
+    return Path(os.environ.get("DATA_DIR", ".data")) / "serve.json"
+
+
+@app.command()
+def serve(
+    process: str = typer.Argument(..., help=" | ".join(PROCESSES)),
+    host: str = typer.Option("0.0.0.0", help="interface an HTTP process listens on"),
+    port: int = typer.Option(8000, envvar="PORT", help="port an HTTP process listens on"),
+    concurrency: int = typer.Option(2, help="worker: task processes"),
+) -> None:
+    """Run one process of the platform in the foreground (what each container runs)."""
+    if process not in PROCESSES:
+        raise typer.BadParameter(f"one of {', '.join(PROCESSES)}", param_hint="PROCESS")
+    if process == "migrate":
+        return migrate(downgrade_to=None)
+    s = _settings()
+    if process in ("worker", "beat"):
+        argv = [sys.executable, "-m", "celery", "-A", "services.common.celery_app:celery"]
+        if process == "worker":
+            if s.worker_metrics_port:
+                # the forked task processes share their counters through this directory
+                os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/groupbuy-worker-metrics")
+            argv += ["worker", "-Q", s.celery_queue, "--concurrency", str(concurrency)]
+            argv += ["--without-gossip", "--without-mingle", "--loglevel", "WARNING"]
+        else:
+            schedule = Path(s.data_dir) / "celerybeat-schedule"
+            schedule.parent.mkdir(parents=True, exist_ok=True)
+            argv += ["beat", "--schedule", str(schedule), "--loglevel", "WARNING"]
+    else:
+        target = "gateway.app:app" if process == "gateway" else f"services.{process}.app:app"
+        argv = [sys.executable, "-m", "uvicorn", target, "--host", host, "--port", str(port)]
+        argv += ["--no-access-log", "--log-level", "warning", "--proxy-headers"]
+    import json
+    import socket
+
+    # execv keeps the pid: unique even with several workers on one host
+    node = f"worker-{os.getpid()}@{socket.gethostname()}"
+    if process == "worker":
+        argv += ["--hostname", node]
+    marker = _serve_marker()
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"process": process, "port": port, "node": node}))
+    # exec: the process gets the container's signals directly (clean SIGTERM shutdown)
+    os.execv(argv[0], argv)
+
+
+@app.command()
+def healthcheck() -> None:
+    """The image's HEALTHCHECK: does the process `serve` started here answer?"""
+    import json
+    import urllib.request
+
+    marker = _serve_marker()
+    if not marker.exists():
+        _fail("no process was started with `groupbuy serve` in this container")
+    info = json.loads(marker.read_text())
+    try:
+        if info["process"] in HTTP_PROCESSES:
+            with urllib.request.urlopen(f"http://127.0.0.1:{info['port']}/healthz", timeout=3):
+                pass
+        elif info["process"] == "worker":
+            _settings()
+            from .celery_app import celery
+
+            if not celery.control.ping(destination=[info["node"]], timeout=3.0):
+                _fail(f"{info['node']} does not answer a ping")
+    except OSError as e:
+        _fail(f"{info['process']} is not healthy: {e}")
+    # beat and migrate: the container lives exactly as long as the process does
+
+
 @app.command()
 def migrate(downgrade_to: str = typer.Option(None, help="downgrade every service to this")) -> None:
     """Apply every service's migrations (or downgrade them)."""
-    from .migrations import downgrade_all, upgrade_all
+    from alembic import command
+
+    from .migrations import alembic_config
+    from .settings import SERVICES
 
     s = _settings()
-    if downgrade_to:
-        downgrade_all(s.database_url, downgrade_to)
-    else:
-        upgrade_all(s.database_url)
+    order = list(reversed(SERVICES)) if downgrade_to else list(SERVICES)
+    try:
+        with _progress() as progress:
+            bar = progress.add_task("migrating", total=len(order))
+            for service in order:
+                progress.update(bar, description=f"migrating {service}")
+                cfg = alembic_config(service, s.database_url_for(service))
+                if downgrade_to:
+                    command.downgrade(cfg, downgrade_to)
+                else:
+                    command.upgrade(cfg, "head")
+                progress.advance(bar)
+    except Exception as e:  # noqa: BLE001
+        _fail(f"migration failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
     console.print("migrations applied")
 
 
@@ -147,22 +274,28 @@ def seed_demo_cmd() -> None:
     from .seed import seed_demo
 
     _settings()
-    console.print(asyncio.run(seed_demo()))
+    with console.status("seeding demo data..."):
+        result = asyncio.run(seed_demo())
+    console.print(result)
 
 
 @app.command("close-day")
-def close_day(day: str) -> None:
+def close_day(day: str = typer.Argument(..., help="sale date, YYYY-MM-DD")) -> None:
     """Run the daily cutoff for DATE (YYYY-MM-DD) now."""
     from services.catalog.service import close_sale_day
 
     from .db import get_db
 
+    try:
+        sale_date = date.fromisoformat(day)
+    except ValueError:
+        raise typer.BadParameter("expected YYYY-MM-DD", param_hint="DAY") from None
     _settings()
     try:
-        result = asyncio.run(close_sale_day(get_db("catalog"), date.fromisoformat(day)))
+        with console.status(f"closing sale day {sale_date}..."):
+            result = asyncio.run(close_sale_day(get_db("catalog"), sale_date))
     except Exception as e:  # noqa: BLE001
-        console.print(f"[red]cutoff failed:[/] {e}")
-        sys.exit(1)
+        _fail(f"cutoff failed: {e}")
     console.print(result)
 
 
@@ -189,6 +322,80 @@ def check_ledger() -> None:
     if problems:
         sys.exit(1)
     console.print("ledger ok")
+
+
+def _pg_tool(name: str) -> str:
+    """PG_BIN_DIR, else PATH, else the binaries of the embedded PostgreSQL wheel."""
+    import shutil
+
+    if os.environ.get("PG_BIN_DIR"):
+        return str(Path(os.environ["PG_BIN_DIR"]) / name)
+    found = shutil.which(name)
+    if found:
+        return found
+    try:
+        import pgserver
+
+        bundled = Path(pgserver.__file__).parent / "pginstall" / "bin" / name
+        if bundled.exists():
+            return str(bundled)
+    except ImportError:
+        pass
+    _fail(f"{name} not found: install the PostgreSQL client tools or set PG_BIN_DIR")
+    raise AssertionError  # unreachable: _fail exits
+
+
+def _run_pg_tool(argv: list[str], what: str, url: str) -> None:
+    """Run pg_dump / pg_restore; the password goes by environment, never on the command
+    line (where `ps` shows it) nor into our output."""
+    import subprocess
+
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    env = dict(os.environ)
+    if parsed.password:
+        env["PGPASSWORD"] = str(parsed.password)
+    bare = parsed.set(password=None).render_as_string(hide_password=False)
+    with _progress(transient=True) as progress:
+        progress.add_task(what, total=None)
+        done = subprocess.run([*argv, "--dbname", bare], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        err = (done.stderr or "").strip()
+        if parsed.password:
+            err = err.replace(str(parsed.password), "***")
+        _fail(f"{what} failed ({Path(argv[0]).name} exit {done.returncode}): {err[-800:]}")
+
+
+@app.command()
+def backup(
+    output: Path = typer.Option(..., "--output", "-o", help="dump file to write"),
+    database_url: str = typer.Option(None, help="defaults to DATABASE_URL"),
+) -> None:
+    """Dump the whole database (every service schema) to a file (pg_dump custom format)."""
+    url = _libpq_url(database_url or _settings().database_url)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    argv = [_pg_tool("pg_dump"), "--format=custom", "--no-owner", "--file", str(partial)]
+    _run_pg_tool(argv, f"dumping {_masked(url)}", url)
+    # renamed only when complete, so a failed dump never looks like a good backup
+    partial.replace(output)
+    console.print(f"[green]backup written:[/] {output} ({output.stat().st_size} bytes)")
+
+
+@app.command()
+def restore(
+    dump: Path = typer.Argument(..., exists=True, dir_okay=False, help="a file from `backup`"),
+    database_url: str = typer.Option(None, help="defaults to DATABASE_URL"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+) -> None:
+    """Restore a `backup` file into the database, replacing the objects it holds."""
+    url = _libpq_url(database_url or _settings().database_url)
+    if not yes:
+        typer.confirm(f"Replace the data in {_masked(url)} with {dump}?", abort=True)
+    argv = [_pg_tool("pg_restore"), "--clean", "--if-exists", "--no-owner", "--single-transaction"]
+    _run_pg_tool([*argv, str(dump)], f"restoring into {_masked(url)}", url)
+    console.print(f"[green]restored[/] {dump} into {_masked(url)}")
 
 
 if __name__ == "__main__":

@@ -284,8 +284,18 @@ class Platform:
                 "--hostname",
                 f"worker-{self.ports['gateway']}@%h",
             ],
-            self.env,
+            self._worker_env(),
         )
+
+    def _worker_env(self) -> dict[str, str]:
+        env = dict(self.env)
+        if env.get("WORKER_METRICS_PORT"):
+            # only the worker's forked children share counters through this directory
+            env.setdefault(
+                "PROMETHEUS_MULTIPROC_DIR",
+                str(self.data_dir / "metrics" / f"worker-{self.ports['gateway']}"),
+            )
+        return env
 
     def start_beat(self) -> None:
         self.supervisor.start(

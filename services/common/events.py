@@ -64,13 +64,18 @@ def inbox_table(schema: str) -> Table:
 def envelope(
     topic: str, payload: dict[str, Any], producer: str, event_id: uuid.UUID | None = None
 ) -> dict[str, Any]:
-    return {
+    env = {
         "id": str(event_id or uuid.uuid4()),
         "topic": topic,
         "producer": producer,
         "occurred_at": clock.now().isoformat(),
         "payload": payload,
     }
+    # the request that caused the event, so the tasks it triggers log under the same id
+    rid = structlog.contextvars.get_contextvars().get("request_id")
+    if rid:
+        env["request_id"] = rid
+    return env
 
 
 async def emit(
@@ -111,9 +116,11 @@ def _publish(envelopes: list[dict[str, Any]]) -> None:
 
     with celery.producer_or_acquire() as producer:
         for env in envelopes:
+            rid = env.get("request_id")
             celery.send_task(
                 "events.dispatch",
                 args=[env],
+                headers={"request_id": rid} if rid else None,
                 producer=producer,
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},

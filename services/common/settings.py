@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     payout_retry_interval_s: float = 300.0
     reconciliation_interval_s: float = 86400.0
 
+    # the worker serves its tasks' counters here (0: off); needs PROMETHEUS_MULTIPROC_DIR
+    worker_metrics_port: int = 0
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -16,6 +16,8 @@ from services.common.auth import (
     require_service_token,
 )
 from services.common.db import get_db
+from services.common.errors import PaymentFailed
+from services.common.metrics import ORDERS_PLACED, PAYMENTS_FAILED
 from services.common.pagination import Page, PageDep, make_page
 from services.common.payments import verify_webhook
 
@@ -84,6 +86,7 @@ async def _read(order_id: int, who) -> OrderOut:
 @router.post("", response_model=OrderOut, status_code=201)
 async def place_order(body: OrderIn, who: Shopper) -> OrderOut:
     order_id = await service.place_order(db, who, [i.model_dump() for i in body.items])
+    ORDERS_PLACED.inc()
     return await _read(order_id, who)
 
 
@@ -181,9 +184,13 @@ async def get_order(order_id: int, who: CurrentPrincipal) -> OrderOut:
 
 @router.post("/{order_id}/pay", response_model=OrderOut)
 async def pay(order_id: int, body: PayIn, who: Shopper) -> OrderOut:
-    await service.pay_order(
-        db, order_id, who, body.payment_method, body.card.model_dump() if body.card else None
-    )
+    try:
+        await service.pay_order(
+            db, order_id, who, body.payment_method, body.card.model_dump() if body.card else None
+        )
+    except PaymentFailed as e:
+        PAYMENTS_FAILED.labels(code=e.code).inc()
+        raise
     return await _read(order_id, who)
 
 
