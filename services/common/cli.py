@@ -299,6 +299,60 @@ def close_day(day: str = typer.Argument(..., help="sale date, YYYY-MM-DD")) -> N
     console.print(result)
 
 
+@app.command("evaluate-tiers")
+def evaluate_tiers() -> None:
+    """Run today's tier evaluation now (once per leader per day, like the schedule)."""
+    from services.leaders.evaluation import run_evaluations
+
+    from .db import get_db
+
+    _settings()
+    try:
+        with console.status("evaluating leaders' tiers..."):
+            changes = asyncio.run(run_evaluations(get_db("leaders")))
+    except Exception as e:  # noqa: BLE001
+        _fail(f"evaluation failed: {e}")
+    for change in changes:
+        console.print(change)
+    console.print(f"{len(changes)} change(s)")
+
+
+@app.command("release-commissions")
+def release_commissions() -> None:
+    """Release commissions whose after-sales window has passed (pending -> available)."""
+    from services.settlement.service import release_due
+
+    from .db import get_db
+
+    _settings()
+    try:
+        with console.status("releasing matured commissions..."):
+            released = asyncio.run(release_due(get_db("settlement")))
+    except Exception as e:  # noqa: BLE001
+        _fail(f"release failed: {e}")
+    console.print(f"{released} commission(s) released")
+
+
+@app.command()
+def reconcile() -> None:
+    """Reconcile ledger payouts with the provider's transfers; exit 1 on any difference."""
+    from services.settlement.tasks import reconcile_and_warn
+
+    from .db import get_db
+
+    _settings()
+    try:
+        with console.status("reconciling with the payment provider..."):
+            report = asyncio.run(reconcile_and_warn(get_db("settlement")))
+    except Exception as e:  # noqa: BLE001
+        _fail(f"reconciliation failed: {e}")
+    for diff in report["differences"]:
+        console.print(f"[red]{diff}[/]")
+    if report["differences"]:
+        sys.exit(1)
+    console.print("no differences")
+
+
 @app.command("check-ledger")
 def check_ledger() -> None:
     """Verify the whole settlement ledger: balanced, non-negative, balances = entries."""

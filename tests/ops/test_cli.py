@@ -159,3 +159,15 @@ def test_serve_worker_answers_pings_and_serves_its_metrics(infra, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def test_the_daily_jobs_run_from_the_command_line(infra, ops_platform, ops_seeded):
+    for command, expected in (
+        ("evaluate-tiers", "change(s)"),
+        ("release-commissions", "released"),
+        ("reconcile", "no differences"),
+        ("check-ledger", "ledger ok"),
+    ):
+        done = groupbuy(command, env={"DATABASE_URL": infra.database_url})
+        assert done.returncode == 0, (command, done.stdout + done.stderr)
+        assert expected in done.stdout, (command, done.stdout)
