@@ -112,6 +112,7 @@ def create_service_app(
     description: str = "",
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    on_metrics: Callable[[], Awaitable[None]] | None = None,
 ) -> FastAPI:
     configure_logging(service)
     db = get_db(service)
@@ -152,6 +153,8 @@ def create_service_app(
     async def metrics():
         # never routed by the gateway: only the cluster's Prometheus reaches it
         await refresh_outbox_lag(db)
+        if on_metrics:
+            await on_metrics()
         return metrics_response()
 
     app.add_middleware(IdempotencyMiddleware, db=db)

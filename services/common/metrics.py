@@ -56,7 +56,7 @@ TASK_FAILURES = Counter(
     "groupbuy_task_failures_total", "Celery tasks that failed for good", ["task"]
 )
 TASK_RETRIES = Counter("groupbuy_task_retries_total", "Celery task retries", ["task"])
-# settlement's withdrawal workflow reports here once it lands; until then it stays 0
+# set by the settlement service at scrape time
 WITHDRAWALS_PAST_SLA = Gauge(
     "groupbuy_withdrawals_waiting_past_sla",
     "Withdrawal requests still waiting after the review SLA",

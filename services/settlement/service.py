@@ -350,6 +350,18 @@ def is_overdue(w: Withdrawal, now: datetime) -> bool:
     return now > add_working_days(w.created_at, st.payout_sla_working_days, st.timezone)
 
 
+async def count_overdue_withdrawals(db) -> int:
+    """Withdrawals still waiting past the payout SLA (measured when metrics are scraped)."""
+    now = clock.now()
+    async with db.session() as s:
+        waiting = (
+            await s.execute(
+                select(Withdrawal).where(Withdrawal.status.in_(["requested", "approved"]))
+            )
+        ).scalars()
+        return sum(1 for w in waiting if is_overdue(w, now))
+
+
 async def request_withdrawal(db, leader_id: int, amount_fen: int) -> Withdrawal:
     """The amount leaves available in the same transaction that records the request: the
     balance CHECK decides races, so concurrent requests can never overdraw."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import httpx
 from sqlalchemy import text
 
 from services.common.clock import Clock
@@ -217,7 +218,7 @@ async def test_a_failed_payout_returns_the_money_to_available(gateway_url, sdb):
         await api.aclose()
 
 
-async def test_requests_older_than_two_working_days_are_flagged(gateway_url, sdb):
+async def test_requests_older_than_two_working_days_are_flagged(gateway_url, sdb, platform):
     leader = new_leader()
     await earn_available(leader, 2000)
     me = leader_api(gateway_url, leader)
@@ -236,6 +237,15 @@ async def test_requests_older_than_two_working_days_are_flagged(gateway_url, sdb
         assert await flag() is True
         r = await me.get("/settlement/withdrawals")
         assert r.json()["items"][0]["overdue"] is True
+        # operators see it too: the settlement service's gauge counts it at scrape time
+        async with httpx.AsyncClient() as c:
+            scraped = (await c.get(f"{platform.service_url('settlement')}/metrics")).text
+        gauge = next(
+            line
+            for line in scraped.splitlines()
+            if line.startswith("groupbuy_withdrawals_waiting_past_sla")
+        )
+        assert float(gauge.split()[-1]) >= 1
     finally:
         shared.advance(timedelta(days=-5))
     for api in (me, ops):
