@@ -379,24 +379,35 @@ def check_ledger() -> None:
 
 
 def _pg_tool(name: str) -> str:
-    """PG_BIN_DIR, else PATH, else the binaries of the embedded PostgreSQL wheel."""
+    """PG_BIN_DIR if set; else the newest of PATH's and the embedded PostgreSQL wheel's
+    binaries (pg_dump refuses a server newer than itself, and dumps older ones fine)."""
+    import re
     import shutil
+    import subprocess
 
     if os.environ.get("PG_BIN_DIR"):
         return str(Path(os.environ["PG_BIN_DIR"]) / name)
-    found = shutil.which(name)
-    if found:
-        return found
+    candidates = [shutil.which(name)]
     try:
         import pgserver
 
-        bundled = Path(pgserver.__file__).parent / "pginstall" / "bin" / name
-        if bundled.exists():
-            return str(bundled)
+        candidates.append(str(Path(pgserver.__file__).parent / "pginstall" / "bin" / name))
     except ImportError:
         pass
-    _fail(f"{name} not found: install the PostgreSQL client tools or set PG_BIN_DIR")
-    raise AssertionError  # unreachable: _fail exits
+
+    def major(path: str) -> int:
+        try:
+            out = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+        except OSError:
+            return -1
+        found = re.search(r"(\d+)(?:\.\d+)?", out)
+        return int(found.group(1)) if found else -1
+
+    usable = [(major(c), c) for c in candidates if c and Path(c).exists()]
+    usable = [u for u in usable if u[0] >= 0]
+    if not usable:
+        _fail(f"{name} not found: install the PostgreSQL client tools or set PG_BIN_DIR")
+    return max(usable)[1]
 
 
 def _run_pg_tool(argv: list[str], what: str, url: str) -> None:
