@@ -148,23 +148,29 @@ async def release_due(db, batch: int | None = None) -> int:
                 for kind in (ledger.PENDING, ledger.AVAILABLE, ledger.RECEIVABLE)
             ]
             held = await ledger.lock_balances(s, codes) if codes else {}
+            postings = []
             for leader, items in sorted(by_leader.items()):
                 amount = sum(r.amount for r in items)
                 if amount == 0:
                     continue
                 debt = -held[ledger.leader_account(leader, ledger.RECEIVABLE)]
                 repay = min(amount, debt)
-                await ledger.post(
-                    s,
-                    f"release:{leader}:{min(r.id for r in items)}",
-                    "commission_released",
-                    [
-                        ledger.Leg(ledger.leader_account(leader, ledger.PENDING), -amount),
-                        ledger.Leg(ledger.leader_account(leader, ledger.AVAILABLE), amount - repay),
-                        ledger.Leg(ledger.leader_account(leader, ledger.RECEIVABLE), repay),
-                    ],
-                    memo=f"{len(items)} commissions released",
+                postings.append(
+                    ledger.Posting(
+                        f"release:{leader}:{min(r.id for r in items)}",
+                        "commission_released",
+                        [
+                            ledger.Leg(ledger.leader_account(leader, ledger.PENDING), -amount),
+                            ledger.Leg(
+                                ledger.leader_account(leader, ledger.AVAILABLE), amount - repay
+                            ),
+                            ledger.Leg(ledger.leader_account(leader, ledger.RECEIVABLE), repay),
+                        ],
+                        memo=f"{len(items)} commissions released",
+                    )
                 )
+            # one statement per step for the whole batch, not a round trip per leader
+            await ledger.post_many(s, postings)
             released += len(rows)
         if len(rows) < batch:
             return released
