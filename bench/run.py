@@ -110,6 +110,35 @@ WHERE l.status = 'active'
 """
 
 
+# scenario 3's second limit: the close's writes in plain SQL ($1 the day, $2 the failing deal)
+RAW_CUTOFF_WRITES_SQL = """
+WITH cancelled AS (
+    UPDATE orders.order_lines l SET status = 'cancelled', refunded_quantity = l.quantity,
+        refunded_fen = l.unit_price_fen * l.quantity
+    FROM orders.orders o WHERE l.order_id = o.id AND o.sale_date = $1 AND o.status = 'paid'
+        AND l.status = 'active' AND l.deal_id = $2
+    RETURNING l.order_id, l.unit_price_fen * l.quantity AS amount
+), refunds AS (
+    INSERT INTO orders.refunds (order_id, reason, source_ref, amount_fen, lines, status,
+        attempts, created_at)
+    SELECT order_id, 'group_threshold_missed', 'raw', sum(amount), '[]'::jsonb, 'pending', 0,
+        now() FROM cancelled GROUP BY order_id RETURNING order_id
+), lists AS (
+    INSERT INTO orders.delivery_lists (sale_date, pickup_date, leader_id, status, created_at)
+    SELECT DISTINCT sale_date, pickup_date, leader_id, 'pending', now() FROM orders.orders
+    WHERE sale_date = $1 AND status = 'paid'
+    ON CONFLICT ON CONSTRAINT uq_delivery_lists_day_leader DO NOTHING RETURNING id
+), moved AS (
+    UPDATE orders.orders o SET status = CASE WHEN o.id IN (SELECT order_id FROM cancelled)
+        THEN 'cancelled' ELSE 'confirmed' END
+    WHERE o.sale_date = $1 AND o.status = 'paid' RETURNING o.id, o.status
+)
+INSERT INTO orders.outbox (id, topic, payload, created_at)
+SELECT gen_random_uuid(), 'order.' || status, jsonb_build_object('order_id', id), now()
+FROM moved
+"""
+
+
 async def warm(db) -> None:
     """Open the service's pool before timing its job: a worker runs jobs on a warm pool."""
     from sqlalchemy import text
@@ -553,6 +582,15 @@ class Bench:
                 datetime.fromisoformat(day).date(),
             )
             raw = time.perf_counter() - t0
+            # a fairer second limit: the same row writes the close makes (failed lines
+            # cancelled and refunded, orders confirmed with their list, one outbox event
+            # each), as plain SQL in one transaction, measured and rolled back
+            tr = conn.transaction()
+            await tr.start()
+            t0 = time.perf_counter()
+            await conn.execute(RAW_CUTOFF_WRITES_SQL, datetime.fromisoformat(day).date(), deals[-1])
+            raw_writes = time.perf_counter() - t0
+            await tr.rollback()
         finally:
             await conn.close()
         from tests.helpers import staff
@@ -587,6 +625,8 @@ class Bench:
             "close_s": round(close_s, 2),
             "lists_read_s": round(read_s, 2),
             "raw_group_by_s": round(raw, 3),
+            "raw_same_writes_s": round(raw_writes, 3),
+            "ratio_to_raw_writes": ratio(close_s, raw_writes),
             "ratio_to_raw": round(close_s / raw, 2) if raw else None,
             "target_ratio": 3.0,
         }
@@ -862,8 +902,9 @@ def write_results(results: dict) -> Path:
         lines.append(
             f"| 3 cutoff ({c['orders']} paid orders, {c['leaders']} leaders, one failing deal) | "
             f"close {c['close_s']} s ({c['delivery_lists']} delivery lists, "
-            f"{c['sorting_rows']} sorting rows) | {c['raw_group_by_s']} s GROUP BY | "
-            f"{c['ratio_to_raw']}x | <= 3x |"
+            f"{c['sorting_rows']} sorting rows) | {c['raw_group_by_s']} s GROUP BY; "
+            f"{c.get('raw_same_writes_s')} s same writes in SQL | {c['ratio_to_raw']}x; "
+            f"{c.get('ratio_to_raw_writes')}x | <= 3x |"
         )
     if "release" in s:
         r = s["release"]

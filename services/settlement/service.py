@@ -127,12 +127,15 @@ async def release_due(db, batch: int | None = None) -> int:
     released = 0
     while True:
         async with db.transaction() as s:
+            # oldest first along the partial index of pending lines: ordering by id made
+            # every batch step over all the lines already released (quadratic in a backlog)
             rows = (
                 await s.execute(
                     text(
                         "UPDATE settlement.commissions c SET status = 'available', released_at = :now "
                         "FROM (SELECT id FROM settlement.commissions WHERE status = 'pending' AND "
-                        "available_at <= :now ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED) due "
+                        "available_at <= :now ORDER BY available_at LIMIT :n "
+                        "FOR UPDATE SKIP LOCKED) due "
                         "WHERE c.id = due.id "
                         "RETURNING c.id, c.leader_id, c.amount_fen - c.reversed_fen AS amount"
                     ),
