@@ -1,13 +1,14 @@
 """The daily tier evaluation: metrics from our projection of order facts, the pure rules
-in tiers.py, and the changes they call for, each leader in its own transaction.
+in tiers.py, and the changes they call for: set-based, a batch of leaders per transaction.
 
-An `evaluations` row per (leader, local date) is claimed first with ON CONFLICT DO
-NOTHING: a second run on the same day, or a concurrent one, finds the claim and leaves
-the leader alone, so one day makes at most one change.
+An `evaluations` row per (leader, local date) is claimed with ON CONFLICT DO NOTHING:
+a second run on the same day, or a concurrent one, finds the claim and leaves the
+leader alone, so one day makes at most one change.
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 
 import orjson
@@ -16,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.clock import clock, local_today
-from services.common.events import emit
+from services.common.events import envelope
 from services.common.settings import get_settings
 
 from . import status, tiers
@@ -24,56 +25,99 @@ from .models import SCHEMA, Leader, LeaderStatus
 
 log = structlog.get_logger()
 
+# Every leader's window metrics in one aggregate (the evaluation of 50,000 leaders is one
+# scan of the projection, not 50,000 small queries): the leaders are `:ids`.
 METRICS_SQL = text(
     """
-    WITH o AS (
-        SELECT f.order_id, f.shopper_id, f.total_fen - GREATEST(f.refunded_fen, COALESCE(
-            (SELECT sum(r.amount_fen) FROM leaders.refund_facts r WHERE r.order_id = f.order_id),
-            0)) AS net_fen
+    WITH ids AS (SELECT DISTINCT unnest(CAST(:ids AS int[])) AS leader_id),
+    o AS (
+        SELECT f.order_id, f.leader_id, f.shopper_id, f.total_fen, f.refunded_fen
         FROM leaders.order_facts f
-        WHERE f.leader_id = :l AND f.paid_at >= :start AND f.paid_at < :end
-          AND f.cancelled_at IS NULL
+        WHERE f.leader_id = ANY(CAST(:ids AS int[]))
+          AND f.paid_at >= :start AND f.paid_at < :end AND f.cancelled_at IS NULL
+    ),
+    refunds AS (
+        SELECT r.order_id, sum(r.amount_fen) AS refunded_fen FROM leaders.refund_facts r
+        JOIN leaders.order_facts f ON f.order_id = r.order_id
+        WHERE f.leader_id = ANY(CAST(:ids AS int[])) AND f.paid_at >= :start
+          AND f.paid_at < :end AND f.cancelled_at IS NULL
+        GROUP BY r.order_id
+    ),
+    net AS (
+        SELECT o.leader_id, o.shopper_id,
+            o.total_fen - GREATEST(o.refunded_fen, COALESCE(r.refunded_fen, 0)) AS net_fen
+        FROM o LEFT JOIN refunds r ON r.order_id = o.order_id
+    ),
+    paid AS (
+        SELECT leader_id, sum(GREATEST(net_fen, 0)) AS gmv_fen,
+            count(DISTINCT shopper_id) FILTER (WHERE net_fen > 0) AS buyers, count(*) AS orders
+        FROM net GROUP BY leader_id
+    ),
+    completed AS (
+        SELECT f.leader_id, count(*) AS completed_orders FROM leaders.order_facts f
+        WHERE f.leader_id = ANY(CAST(:ids AS int[]))
+          AND f.completed_at >= :start AND f.completed_at < :end
+        GROUP BY f.leader_id
+    ),
+    complaints AS (
+        SELECT c.leader_id, count(*) AS upheld_complaints FROM leaders.complaints c
+        WHERE c.leader_id = ANY(CAST(:ids AS int[]))
+          AND c.status = 'upheld' AND c.created_at >= :cstart AND c.created_at < :end
+        GROUP BY c.leader_id
+    ),
+    trainings AS (
+        SELECT a.leader_id, count(*) AS trainings FROM leaders.training_attendance a
+        JOIN leaders.training_sessions t ON t.id = a.session_id
+        WHERE a.leader_id = ANY(CAST(:ids AS int[]))
+          AND t.kind = 'regular' AND t.starts_at >= :start AND t.starts_at < :end
+        GROUP BY a.leader_id
     )
-    SELECT
-        (SELECT COALESCE(sum(GREATEST(net_fen, 0)), 0) FROM o) AS gmv_fen,
-        (SELECT count(DISTINCT shopper_id) FROM o WHERE net_fen > 0) AS buyers,
-        (SELECT count(*) FROM o) AS orders,
-        (SELECT count(*) FROM leaders.order_facts f WHERE f.leader_id = :l
-            AND f.completed_at >= :start AND f.completed_at < :end) AS completed_orders,
-        (SELECT count(*) FROM leaders.complaints c WHERE c.leader_id = :l
-            AND c.status = 'upheld' AND c.created_at >= :cstart AND c.created_at < :end)
-            AS upheld_complaints,
-        (SELECT count(*) FROM leaders.training_attendance a
-            JOIN leaders.training_sessions t ON t.id = a.session_id
-            WHERE a.leader_id = :l AND t.kind = 'regular'
-            AND t.starts_at >= :start AND t.starts_at < :end) AS trainings
+    SELECT ids.leader_id, COALESCE(p.gmv_fen, 0) AS gmv_fen, COALESCE(p.buyers, 0) AS buyers,
+        COALESCE(p.orders, 0) AS orders, COALESCE(d.completed_orders, 0) AS completed_orders,
+        COALESCE(c.upheld_complaints, 0) AS upheld_complaints,
+        COALESCE(t.trainings, 0) AS trainings
+    FROM ids LEFT JOIN paid p USING (leader_id) LEFT JOIN completed d USING (leader_id)
+    LEFT JOIN complaints c USING (leader_id) LEFT JOIN trainings t USING (leader_id)
     """
 )
 
+# leaders claimed and changed per transaction: row locks are held only for the few that
+# change, and a failure loses one batch's work, not the run's
+BATCH = 5000
+
+
+def window_params(now: datetime, st=None) -> dict:
+    st = st or get_settings()
+    return {
+        "start": now - timedelta(days=st.tier_window_days),
+        "cstart": now - timedelta(days=st.complaint_window_days),
+        "end": now,
+    }
+
+
+async def metrics_for(s: AsyncSession, leaders: list, now: datetime) -> dict[int, tiers.Metrics]:
+    """Window metrics of each leader (rows with id, onboarding_done, deposit_status)."""
+    if not leaders:
+        return {}
+    rows = await s.execute(METRICS_SQL, {"ids": [lr.id for lr in leaders], **window_params(now)})
+    by_id = {r.leader_id: r for r in rows}
+    return {
+        lr.id: tiers.Metrics(
+            gmv_fen=int(by_id[lr.id].gmv_fen),
+            buyers=by_id[lr.id].buyers,
+            orders=by_id[lr.id].orders,
+            completed_orders=by_id[lr.id].completed_orders,
+            upheld_complaints=by_id[lr.id].upheld_complaints,
+            trainings=by_id[lr.id].trainings,
+            onboarding_done=lr.onboarding_done,
+            deposit_paid=lr.deposit_status == "paid",
+        )
+        for lr in leaders
+    }
+
 
 async def metrics_of(s: AsyncSession, leader: Leader, now: datetime) -> tiers.Metrics:
-    st = get_settings()
-    row = (
-        await s.execute(
-            METRICS_SQL,
-            {
-                "l": leader.id,
-                "start": now - timedelta(days=st.tier_window_days),
-                "cstart": now - timedelta(days=st.complaint_window_days),
-                "end": now,
-            },
-        )
-    ).one()
-    return tiers.Metrics(
-        gmv_fen=int(row.gmv_fen),
-        buyers=row.buyers,
-        orders=row.orders,
-        completed_orders=row.completed_orders,
-        upheld_complaints=row.upheld_complaints,
-        trainings=row.trainings,
-        onboarding_done=leader.onboarding_done,
-        deposit_paid=leader.deposit_status == "paid",
-    )
+    return (await metrics_for(s, [leader], now))[leader.id]
 
 
 async def progress(s: AsyncSession, leader: Leader) -> dict:
@@ -90,113 +134,179 @@ async def progress(s: AsyncSession, leader: Leader) -> dict:
     }
 
 
-async def evaluate_leader(db, leader_id: int) -> dict | None:
-    """Evaluate one leader for today; returns the tier change made, if any."""
+async def _evaluate_batch(db, leaders: list, metrics: dict, now: datetime, today) -> list[dict]:
+    """Decide and record a batch of leaders in one transaction; returns the tier changes.
+
+    The claim records each leader's evaluation for today with ON CONFLICT DO NOTHING, and
+    only the leaders this run claimed are changed, so a concurrent or repeated run changes
+    nobody twice. A change is a conditional UPDATE on the tier read, so a leader moved
+    meanwhile (by staff) is left alone.
+    """
     st = get_settings()
-    now = clock.now()
-    today = local_today(st.timezone)
     async with db.transaction() as s:
-        claimed = (
-            await s.execute(
-                text(
-                    "INSERT INTO leaders.evaluations (leader_id, evaluation_date, tier_before, "
-                    "outcome, metrics, created_at) SELECT id, :d, tier, 'pending', '{}'::jsonb, :now"
-                    " FROM leaders.leaders WHERE id = :l AND status = 'active' "
-                    "ON CONFLICT DO NOTHING RETURNING leader_id"
-                ),
-                {"l": leader_id, "d": today, "now": now},
+        decided = {}
+        for lr in leaders:
+            m = metrics[lr.id]
+            decision = tiers.decide(
+                tier=lr.tier,
+                metrics=m,
+                leader_since=lr.created_at,
+                below_bar_since=lr.below_bar_since,
+                now=now,
+                st=st,
             )
-        ).first()
-        if claimed is None:
-            return None
-        leader = (
-            await s.execute(
-                text("SELECT * FROM leaders.leaders WHERE id = :l FOR UPDATE"), {"l": leader_id}
-            )
-        ).one()
-        leader = Leader(**leader._mapping)
-        m = await metrics_of(s, leader, now)
-        decision = tiers.decide(
-            tier=leader.tier,
-            metrics=m,
-            leader_since=leader.created_at,
-            below_bar_since=leader.below_bar_since,
-            now=now,
-            st=st,
-        )
-        record = {
-            "metrics": m.as_dict(),
-            "checks": [c.__dict__ for c in decision.checks],
-            "window_days": st.tier_window_days,
-        }
-        change = None
-        if decision.direction:
-            await s.execute(
-                text(
-                    "UPDATE leaders.leaders SET tier = :t, tier_since = :now, below_bar_since = NULL"
-                    " WHERE id = :l AND tier = :old"
-                ),
-                {"t": decision.tier, "now": now, "l": leader_id, "old": leader.tier},
-            )
-            change = {
-                "leader_id": leader_id,
-                "from_tier": leader.tier,
-                "to_tier": decision.tier,
-                "direction": decision.direction,
-                "evaluation_date": today.isoformat(),
-                "commission_rate": str(st.rate_for_tier(decision.tier)),
-                "metrics": record,
+            record = {
+                "metrics": m.as_dict(),
+                "checks": [c.__dict__ for c in decision.checks],
+                "window_days": st.tier_window_days,
             }
+            decided[lr.id] = (lr, decision, record)
+        if not decided:
+            return []
+        order = sorted(decided)
+        claimed = set(
+            (
+                await s.execute(
+                    text(
+                        "INSERT INTO leaders.evaluations (leader_id, evaluation_date, tier_before, "
+                        "outcome, metrics, created_at) SELECT v.l, :d, v.t, v.o, v.m, :now FROM "
+                        "unnest(CAST(:l AS int[]), CAST(:t AS text[]), CAST(:o AS text[]), "
+                        "CAST(:m AS jsonb[])) AS v(l, t, o, m) "
+                        "ON CONFLICT DO NOTHING RETURNING leader_id"
+                    ),
+                    {
+                        "d": today,
+                        "now": now,
+                        "l": order,
+                        "t": [decided[i][0].tier for i in order],
+                        "o": [decided[i][1].outcome for i in order],
+                        "m": [orjson.dumps(decided[i][2]).decode() for i in order],
+                    },
+                )
+            ).scalars()
+        )
+        moving = [i for i in sorted(claimed) if decided[i][1].direction]
+        moved = set(
+            (
+                await s.execute(
+                    text(
+                        "UPDATE leaders.leaders l SET tier = v.t, tier_since = :now, "
+                        "below_bar_since = NULL FROM unnest(CAST(:l AS int[]), "
+                        "CAST(:t AS text[]), CAST(:old AS text[])) AS v(l, t, old) "
+                        "WHERE l.id = v.l AND l.tier = v.old AND l.status = 'active' "
+                        "RETURNING l.id"
+                    ),
+                    {
+                        "now": now,
+                        "l": moving,
+                        "t": [decided[i][1].tier for i in moving],
+                        "old": [decided[i][0].tier for i in moving],
+                    },
+                )
+            ).scalars()
+            if moving
+            else ()
+        )
+        changes = [
+            {
+                "leader_id": i,
+                "from_tier": decided[i][0].tier,
+                "to_tier": decided[i][1].tier,
+                "direction": decided[i][1].direction,
+                "evaluation_date": today.isoformat(),
+                "commission_rate": str(st.rate_for_tier(decided[i][1].tier)),
+                "metrics": decided[i][2],
+            }
+            for i in moving
+            if i in moved
+        ]
+        if changes:
             await s.execute(
                 text(
                     "INSERT INTO leaders.tier_history (leader_id, from_tier, to_tier, direction, "
-                    "evaluation_date, metrics, created_at) VALUES (:l, :f, :t, :dir, :d, "
-                    "CAST(:m AS jsonb), :now)"
+                    "evaluation_date, metrics, created_at) SELECT v.l, v.f, v.t, v.dir, :d, v.m, "
+                    ":now FROM unnest(CAST(:l AS int[]), CAST(:f AS text[]), CAST(:t AS text[]),"
+                    " CAST(:dir AS text[]), CAST(:m AS jsonb[])) AS v(l, f, t, dir, m)"
                 ),
                 {
-                    "l": leader_id,
-                    "f": leader.tier,
-                    "t": decision.tier,
-                    "dir": decision.direction,
                     "d": today,
-                    "m": orjson.dumps(record).decode(),
                     "now": now,
+                    "l": [c["leader_id"] for c in changes],
+                    "f": [c["from_tier"] for c in changes],
+                    "t": [c["to_tier"] for c in changes],
+                    "dir": [c["direction"] for c in changes],
+                    "m": [orjson.dumps(c["metrics"]).decode() for c in changes],
                 },
             )
-            await emit(s, SCHEMA, "leader.tier_changed", change)
-        elif decision.below_bar_since != leader.below_bar_since:
+            await emit_all(s, "leader.tier_changed", changes)
+        below = [
+            i
+            for i in sorted(claimed)
+            if not decided[i][1].direction
+            and decided[i][1].below_bar_since != decided[i][0].below_bar_since
+        ]
+        if below:
             await s.execute(
-                text("UPDATE leaders.leaders SET below_bar_since = :b WHERE id = :l"),
-                {"b": decision.below_bar_since, "l": leader_id},
+                text(
+                    "UPDATE leaders.leaders l SET below_bar_since = v.b FROM unnest("
+                    "CAST(:l AS int[]), CAST(:b AS timestamptz[]), CAST(:old AS text[])) "
+                    "AS v(l, b, old) WHERE l.id = v.l AND l.tier = v.old"
+                ),
+                {
+                    "l": below,
+                    "b": [decided[i][1].below_bar_since for i in below],
+                    "old": [decided[i][0].tier for i in below],
+                },
             )
-        if decision.suspend_reason:
-            await status.change(
-                s, leader_id, LeaderStatus.suspended, f"rule: {decision.suspend_reason}", None
-            )
-        await s.execute(
-            text(
-                "UPDATE leaders.evaluations SET outcome = :o, metrics = CAST(:m AS jsonb) "
-                "WHERE leader_id = :l AND evaluation_date = :d"
-            ),
-            {"o": decision.outcome, "m": orjson.dumps(record).decode(), "l": leader_id, "d": today},
-        )
-    return change
+        for i in sorted(claimed):
+            reason = decided[i][1].suspend_reason
+            if reason and (not decided[i][1].direction or i in moved):
+                await status.change(s, i, LeaderStatus.suspended, f"rule: {reason}", None)
+    return changes
+
+
+async def emit_all(s: AsyncSession, topic: str, payloads: list[dict]) -> None:
+    """`emit` for many events in one statement: the same envelopes, one outbox row each."""
+    ids = [uuid.uuid4() for _ in payloads]
+    await s.execute(
+        text(
+            f"INSERT INTO {SCHEMA}.outbox (id, topic, payload, created_at) SELECT v.id, :topic, "
+            "v.p, :now FROM unnest(CAST(:ids AS uuid[]), CAST(:p AS jsonb[])) AS v(id, p)"
+        ),
+        {
+            "topic": topic,
+            "now": clock.now(),
+            "ids": ids,
+            "p": [
+                orjson.dumps(envelope(topic, p, SCHEMA, i)).decode()
+                for i, p in zip(ids, payloads, strict=True)
+            ],
+        },
+    )
 
 
 async def run_evaluations(db, leader_ids: list[int] | None = None) -> list[dict]:
+    """Today's evaluation of every active leader (or of `leader_ids`): their metrics in
+    one aggregate, then decisions and claims in batches."""
+    st = get_settings()
+    now = clock.now()
+    today = local_today(st.timezone)
     async with db.session() as s:
-        q = "SELECT id FROM leaders.leaders WHERE status = 'active'"
-        params: dict = {}
+        q = (
+            "SELECT id, tier, created_at, below_bar_since, onboarding_done, deposit_status "
+            "FROM leaders.leaders WHERE status = 'active' AND NOT EXISTS (SELECT 1 FROM "
+            "leaders.evaluations e WHERE e.leader_id = leaders.id AND e.evaluation_date = :d)"
+        )
+        params: dict = {"d": today}
         if leader_ids is not None:
             q += " AND id = ANY(:ids)"
             params["ids"] = leader_ids
-        ids = list((await s.execute(text(q + " ORDER BY id"), params)).scalars())
+        leaders = (await s.execute(text(q + " ORDER BY id"), params)).all()
+        metrics = await metrics_for(s, leaders, now)
     changes = []
-    for leader_id in ids:
-        change = await evaluate_leader(db, leader_id)
-        if change:
-            changes.append(change)
-    log.info("tier_evaluation_done", leaders=len(ids), changes=len(changes))
+    for i in range(0, len(leaders), BATCH):
+        changes += await _evaluate_batch(db, leaders[i : i + BATCH], metrics, now, today)
+    log.info("tier_evaluation_done", leaders=len(leaders), changes=len(changes))
     return changes
 
 

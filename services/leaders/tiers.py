@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -38,7 +38,8 @@ class Metrics:
         return Decimal(self.upheld_complaints) / Decimal(self.orders)
 
     def as_dict(self) -> dict:
-        return asdict(self) | {
+        # a plain copy of the fields: `asdict` deep-copies, and this runs for every leader
+        return dict(self.__dict__) | {
             "complaint_rate": str(self.complaint_rate.quantize(Decimal("0.0001")))
         }
 
@@ -146,18 +147,18 @@ def decide(
     if metrics.upheld_complaints >= st.complaint_suspend_limit:
         suspend = "complaints"
 
-    if suspend is None and meets_bar(tier, metrics, st):
-        return Decision(
-            next_tier(tier) or tier, "promotion", None, None, bar_checks(tier, metrics, st)
-        )
+    # the bar is checked once: the evaluation runs this for every leader
+    own = bar_checks(tier, metrics, st)
+    if suspend is None and own and all(c.met for c in own):
+        return Decision(next_tier(tier) or tier, "promotion", None, None, own)
     if tier == Tier.preparation:
         if suspend is None and now - leader_since >= timedelta(days=st.trial_days):
             suspend = "trial_expired"
-        return Decision(tier, None, None, suspend, bar_checks(tier, metrics, st))
+        return Decision(tier, None, None, suspend, own)
 
     floor = TIER_ORDER.index(Tier.standard)
     if TIER_ORDER.index(Tier(tier)) <= floor:
-        return Decision(tier, None, None, suspend, bar_checks(tier, metrics, st))
+        return Decision(tier, None, None, suspend, own)
     # advanced and core must keep meeting the bar that brought them here
     held_bar = previous_tier(tier)
     checks = bar_checks(held_bar, metrics, st)

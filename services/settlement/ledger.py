@@ -59,12 +59,37 @@ async def _ensure_account(s: AsyncSession, code: str) -> int:
     ).scalar_one()
 
 
+def _account_row(code: str) -> tuple[str, int | None, str, bool]:
+    if code.startswith("leader:"):
+        _, leader_id, kind = code.split(":")
+        return code, int(leader_id), kind, kind == RECEIVABLE
+    return code, None, code.split(":", 1)[1], True
+
+
+async def _ensure_accounts(s: AsyncSession, codes: list[str]) -> None:
+    """`_ensure_account` for many codes in one statement."""
+    rows = [_account_row(c) for c in sorted(set(codes))]
+    await s.execute(
+        text(
+            "INSERT INTO settlement.accounts (code, leader_id, kind, currency, allow_negative, "
+            "balance_fen) SELECT v.c, v.l, v.k, 'CNY', v.neg, 0 FROM unnest(CAST(:c AS text[]), "
+            "CAST(:l AS int[]), CAST(:k AS text[]), CAST(:neg AS boolean[])) AS v(c, l, k, neg) "
+            "ORDER BY v.c ON CONFLICT (code) DO NOTHING"
+        ),
+        {
+            "c": [r[0] for r in rows],
+            "l": [r[1] for r in rows],
+            "k": [r[2] for r in rows],
+            "neg": [r[3] for r in rows],
+        },
+    )
+
+
 async def lock_balances(s: AsyncSession, codes: list[str]) -> dict[str, int]:
     """Lock accounts (in code order, like `post`) and return their balances, for rules that
     decide an amount from a balance: nobody else can move it until this transaction ends."""
     codes = sorted(set(codes))
-    for code in codes:
-        await _ensure_account(s, code)
+    await _ensure_accounts(s, codes)
     rows = (
         await s.execute(
             text(
@@ -114,6 +139,92 @@ async def post(s: AsyncSession, reference: str, kind: str, legs: list[Leg], memo
             {"t": tx_id, "a": account_id, "amt": leg.amount_fen, "now": now},
         )
     return True
+
+
+@dataclass(frozen=True)
+class Posting:
+    reference: str
+    kind: str
+    legs: list[Leg]
+    memo: str = ""
+
+
+async def post_many(s: AsyncSession, postings: list[Posting]) -> int:
+    """`post` for many transactions in a handful of statements (a job moving thousands of
+    balances): each once per reference, accounts locked in code order, and a balance that
+    would go below zero fails them all. Returns how many were posted."""
+    for p in postings:
+        if sum(leg.amount_fen for leg in p.legs) != 0:
+            raise ValueError(f"unbalanced transaction {p.reference}: {p.legs}")
+    if not postings:
+        return 0
+    now = clock.now()
+    codes = sorted({leg.account for p in postings for leg in p.legs})
+    await _ensure_accounts(s, codes)
+    ids = {
+        r.code: r.id
+        for r in await s.execute(
+            text(
+                "SELECT id, code FROM settlement.accounts WHERE code = ANY(:c) "
+                "ORDER BY code FOR UPDATE"
+            ),
+            {"c": codes},
+        )
+    }
+    posted = {
+        r.reference: r.id
+        for r in await s.execute(
+            text(
+                "INSERT INTO settlement.ledger_transactions (reference, kind, memo, created_at) "
+                "SELECT v.r, v.k, v.m, :now FROM unnest(CAST(:r AS text[]), CAST(:k AS text[]), "
+                "CAST(:m AS text[])) AS v(r, k, m) ON CONFLICT (reference) DO NOTHING "
+                "RETURNING id, reference"
+            ),
+            {
+                "r": [p.reference for p in postings],
+                "k": [p.kind for p in postings],
+                "m": [p.memo for p in postings],
+                "now": now,
+            },
+        )
+    }
+    entries = [
+        (posted[p.reference], ids[leg.account], leg.amount_fen)
+        for p in postings
+        if p.reference in posted
+        for leg in p.legs
+        if leg.amount_fen != 0
+    ]
+    if not entries:
+        return len(posted)
+    moves: dict[int, int] = {}
+    for _, account_id, amount in entries:
+        moves[account_id] = moves.get(account_id, 0) + amount
+    try:
+        async with s.begin_nested():
+            await s.execute(
+                text(
+                    "UPDATE settlement.accounts a SET balance_fen = a.balance_fen + v.d FROM "
+                    "unnest(CAST(:a AS int[]), CAST(:d AS bigint[])) AS v(a, d) WHERE a.id = v.a"
+                ),
+                {"a": list(moves), "d": list(moves.values())},
+            )
+    except IntegrityError as e:
+        raise InsufficientBalance("a balance cannot cover this posting") from e
+    await s.execute(
+        text(
+            "INSERT INTO settlement.ledger_entries (transaction_id, account_id, amount_fen, "
+            "currency, created_at) SELECT v.t, v.a, v.amt, 'CNY', :now FROM unnest("
+            "CAST(:t AS int[]), CAST(:a AS int[]), CAST(:amt AS bigint[])) AS v(t, a, amt)"
+        ),
+        {
+            "t": [e[0] for e in entries],
+            "a": [e[1] for e in entries],
+            "amt": [e[2] for e in entries],
+            "now": now,
+        },
+    )
+    return len(posted)
 
 
 async def balances(s: AsyncSession, leader_id: int) -> dict[str, int]:

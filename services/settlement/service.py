@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections import defaultdict
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -127,46 +126,58 @@ async def release_due(db, batch: int | None = None) -> int:
     released = 0
     while True:
         async with db.transaction() as s:
-            rows = (
+            # oldest first along the partial index of pending lines: ordering by id made
+            # every batch step over all the lines already released (quadratic in a backlog)
+            # summed per leader in the database: a batch sends back a row per leader
+            per_leader = (
                 await s.execute(
                     text(
-                        "UPDATE settlement.commissions c SET status = 'available', released_at = :now "
+                        "WITH rel AS (UPDATE settlement.commissions c SET status = 'available', "
+                        "released_at = :now "
                         "FROM (SELECT id FROM settlement.commissions WHERE status = 'pending' AND "
-                        "available_at <= :now ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED) due "
+                        "available_at <= :now ORDER BY available_at LIMIT :n "
+                        "FOR UPDATE SKIP LOCKED) due "
                         "WHERE c.id = due.id "
-                        "RETURNING c.id, c.leader_id, c.amount_fen - c.reversed_fen AS amount"
+                        "RETURNING c.id, c.leader_id, c.amount_fen - c.reversed_fen AS amount) "
+                        "SELECT leader_id, sum(amount) AS amount, min(id) AS first_id, "
+                        "count(*) AS n FROM rel GROUP BY leader_id ORDER BY leader_id"
                     ),
                     {"now": clock.now(), "n": batch},
                 )
             ).all()
-            by_leader: dict[int, list] = defaultdict(list)
-            for r in rows:
-                by_leader[r.leader_id].append(r)
+            by_leader = {r.leader_id: r for r in per_leader}
+            claimed = sum(r.n for r in per_leader)
             codes = [
                 ledger.leader_account(leader, kind)
                 for leader in by_leader
                 for kind in (ledger.PENDING, ledger.AVAILABLE, ledger.RECEIVABLE)
             ]
             held = await ledger.lock_balances(s, codes) if codes else {}
-            for leader, items in sorted(by_leader.items()):
-                amount = sum(r.amount for r in items)
+            postings = []
+            for leader, r in sorted(by_leader.items()):
+                amount = int(r.amount)
                 if amount == 0:
                     continue
                 debt = -held[ledger.leader_account(leader, ledger.RECEIVABLE)]
                 repay = min(amount, debt)
-                await ledger.post(
-                    s,
-                    f"release:{leader}:{min(r.id for r in items)}",
-                    "commission_released",
-                    [
-                        ledger.Leg(ledger.leader_account(leader, ledger.PENDING), -amount),
-                        ledger.Leg(ledger.leader_account(leader, ledger.AVAILABLE), amount - repay),
-                        ledger.Leg(ledger.leader_account(leader, ledger.RECEIVABLE), repay),
-                    ],
-                    memo=f"{len(items)} commissions released",
+                postings.append(
+                    ledger.Posting(
+                        f"release:{leader}:{r.first_id}",
+                        "commission_released",
+                        [
+                            ledger.Leg(ledger.leader_account(leader, ledger.PENDING), -amount),
+                            ledger.Leg(
+                                ledger.leader_account(leader, ledger.AVAILABLE), amount - repay
+                            ),
+                            ledger.Leg(ledger.leader_account(leader, ledger.RECEIVABLE), repay),
+                        ],
+                        memo=f"{r.n} commissions released",
+                    )
                 )
-            released += len(rows)
-        if len(rows) < batch:
+            # one statement per step for the whole batch, not a round trip per leader
+            await ledger.post_many(s, postings)
+            released += claimed
+        if claimed < batch:
             return released
 
 
