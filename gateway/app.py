@@ -202,13 +202,25 @@ def create_app() -> FastAPI:
         headers["x-request-id"] = rid
         headers["x-forwarded-for"] = client_ip
         headers.pop("x-service-token", None)
+        # forward the path as the client encoded it: decoding and re-encoding it here
+        # turns a control character into an unbuildable URL (a 500) instead of a 404
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        upstream_path = raw_path.decode("latin-1").removeprefix(PREFIX)
         try:
             upstream = await upstreams.client(service).request(
                 request.method,
-                f"/{path}",
+                upstream_path,
                 params=list(request.query_params.multi_items()),
                 content=body,
                 headers=headers,
+            )
+        except httpx.InvalidURL:
+            return problem(
+                404,
+                "not_found",
+                "Not found",
+                "no such route",
+                headers={"x-request-id": rid},
             )
         except httpx.TimeoutException:
             log.warning("upstream_timeout", service=service, path=path)

@@ -69,6 +69,8 @@ class Infra:
             "RATE_LIMIT_PER_MINUTE": "100000",
             "AUTH_RATE_LIMIT_PER_MINUTE": "100000",
             "PICKUP_RATE_LIMIT_PER_MINUTE": "100000",
+            # a non-dev login code must never reach the real WeChat from a test run
+            "WECHAT_CODE2SESSION_URL": "http://127.0.0.1:9/sns/jscode2session",
         }
         os.environ.update(self.env)
         os.environ["DATABASE_URL"] = self.database_url
