@@ -15,8 +15,10 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qs
 
 import httpx
+import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -176,6 +178,10 @@ def create_app() -> FastAPI:
         checks = [(general, client_key)]
         if AUTH_PATHS.match(path):
             checks.append((auth_limiter, f"ip:{client_ip}"))
+            # and per account, so guessing one password from many addresses is slow too
+            account = login_account(path, await request.body())
+            if account:
+                checks.append((auth_limiter, f"account:{account}"))
         if PICKUP_PATHS.match(path):
             checks.append((pickup_limiter, client_key))
             checks.append((pickup_limiter, f"ip:{client_ip}"))
@@ -245,6 +251,20 @@ def create_app() -> FastAPI:
         return Response(upstream.content, status_code=upstream.status_code, headers=out_headers)
 
     return app
+
+
+def login_account(path: str, body: bytes) -> str | None:
+    """The account a login request is for (staff username or WeChat code), if it says."""
+    try:
+        if path == "auth/staff/token":
+            values = parse_qs(body.decode("utf-8", "replace")).get("username")
+            return f"staff:{values[0][:100]}" if values else None
+        if path == "auth/wechat/session":
+            code = orjson.loads(body).get("code")
+            return f"wechat:{code[:200]}" if isinstance(code, str) else None
+    except (orjson.JSONDecodeError, AttributeError, ValueError):
+        return None
+    return None
 
 
 async def merged_openapi(upstreams: Upstreams) -> dict[str, Any]:
