@@ -24,7 +24,7 @@ test: $(STAMP)
 
 # the long variants of the reliability suite: a larger fuzzing budget (see docs/RELIABILITY.md)
 test-chaos: $(STAMP)
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-40} RACE_ROUNDS=$${RACE_ROUNDS:-40} $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/security
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-25} RACE_ROUNDS=$${RACE_ROUNDS:-40} $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/security
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -64,3 +64,23 @@ async def test_control_characters_in_a_path_are_404_at_the_gateway(gateway_url, 
     r = await world["ops"].get("/leaders/%ED%A0%80")
     assert r.status_code in (404, 422), r.text
     problem_of(r)
+
+
+async def test_a_second_deal_for_the_same_product_and_day_is_409(world):
+    """Found by the larger fuzzing budget: this was a 500."""
+    ops = world["ops"]
+    r = await ops.post(
+        "/catalog/products",
+        json={"sku": "DUP-DEAL-1", "name": "dup", "category": "fresh", "list_price_fen": 100},
+    )
+    assert r.status_code == 201, r.text
+    deal = {
+        "product_id": r.json()["id"],
+        "group_price_fen": 90,
+        "stock": 5,
+        "per_shopper_limit": 1,
+        "group_threshold": 0,
+    }
+    assert (await ops.post("/catalog/days/2031-02-03/deals", json=deal)).status_code == 201
+    r = await ops.post("/catalog/days/2031-02-03/deals", json=deal)
+    assert r.status_code == 409 and problem_of(r)["code"] == "duplicate_deal", r.text

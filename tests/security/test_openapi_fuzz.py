@@ -13,6 +13,7 @@ import re
 from collections import Counter
 
 import httpx
+import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -44,6 +45,7 @@ def _check(response) -> str | None:
     return None
 
 
+@pytest.mark.timeout(300 + 30 * EXAMPLES)
 def test_every_operation_survives_fuzzing(gateway_url, world):
     doc = httpx.get(f"{gateway_url}/openapi.json").json()
     assert not doc.get("x-unavailable"), doc.get("x-unavailable")
