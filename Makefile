@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-unit lint format bench clean
+.PHONY: install run test test-unit test-chaos lint format bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# the long variants of the reliability suite: a larger fuzzing budget (see docs/RELIABILITY.md)
+test-chaos: $(STAMP)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-25} RACE_ROUNDS=$${RACE_ROUNDS:-40} $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/security
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

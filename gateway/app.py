@@ -15,8 +15,10 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qs
 
 import httpx
+import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -183,6 +185,10 @@ def create_app() -> FastAPI:
         checks = [(general, client_key)]
         if AUTH_PATHS.match(path):
             checks.append((auth_limiter, f"ip:{client_ip}"))
+            # and per account, so guessing one password from many addresses is slow too
+            account = login_account(path, await request.body())
+            if account:
+                checks.append((auth_limiter, f"account:{account}"))
         if PICKUP_PATHS.match(path):
             checks.append((pickup_limiter, client_key))
             checks.append((pickup_limiter, f"ip:{client_ip}"))
@@ -209,13 +215,25 @@ def create_app() -> FastAPI:
         headers["x-request-id"] = rid
         headers["x-forwarded-for"] = client_ip
         headers.pop("x-service-token", None)
+        # forward the path as the client encoded it: decoding and re-encoding it here
+        # turns a control character into an unbuildable URL (a 500) instead of a 404
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        upstream_path = raw_path.decode("latin-1").removeprefix(PREFIX)
         try:
             upstream = await upstreams.client(service).request(
                 request.method,
-                f"/{path}",
+                upstream_path,
                 params=list(request.query_params.multi_items()),
                 content=body,
                 headers=headers,
+            )
+        except httpx.InvalidURL:
+            return problem(
+                404,
+                "not_found",
+                "Not found",
+                "no such route",
+                headers={"x-request-id": rid},
             )
         except httpx.TimeoutException:
             log.warning("upstream_timeout", service=service, path=path)
@@ -249,6 +267,20 @@ def gateway_route(scope) -> str:
         first = path[len(PREFIX) + 1 :].split("/", 1)[0]
         return f"{PREFIX}/{first}" if first in ROUTES or first == "openapi.json" else "unmatched"
     return path if path in ("/docs",) else "unmatched"
+
+
+def login_account(path: str, body: bytes) -> str | None:
+    """The account a login request is for (staff username or WeChat code), if it says."""
+    try:
+        if path == "auth/staff/token":
+            values = parse_qs(body.decode("utf-8", "replace")).get("username")
+            return f"staff:{values[0][:100]}" if values else None
+        if path == "auth/wechat/session":
+            code = orjson.loads(body).get("code")
+            return f"wechat:{code[:200]}" if isinstance(code, str) else None
+    except (orjson.JSONDecodeError, AttributeError, ValueError):
+        return None
+    return None
 
 
 async def merged_openapi(upstreams: Upstreams) -> dict[str, Any]:

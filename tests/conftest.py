@@ -76,6 +76,8 @@ class Infra:
             # few idle connections per process: parallel runs share one PostgreSQL
             # (max_connections 100); bursts still open up to DB_MAX_OVERFLOW more
             "DB_POOL_SIZE": "2",
+            # a non-dev login code must never reach the real WeChat from a test run
+            "WECHAT_CODE2SESSION_URL": "http://127.0.0.1:9/sns/jscode2session",
         }
         os.environ.update(self.env)
         os.environ["DATABASE_URL"] = self.database_url

@@ -5,6 +5,7 @@ from datetime import date
 from fastapi import APIRouter, Depends, Request
 
 from services.common.auth import Staff, optional_principal, require_service_token
+from services.common.bounds import PathId
 from services.common.db import get_db
 from services.common.events import kick
 from services.common.pagination import Page, PageDep, make_page
@@ -86,7 +87,7 @@ async def add_deal(day: date, body: DealIn, _: Staff) -> DealOut:
 
 
 @router.post("/days/{day}/deals/{deal_id}/stock", response_model=DealOut)
-async def top_up_stock(day: date, deal_id: int, body: StockTopUpIn, _: Staff) -> DealOut:
+async def top_up_stock(day: date, deal_id: PathId, body: StockTopUpIn, _: Staff) -> DealOut:
     async with db.transaction() as s:
         deal = await service.top_up_stock(s, day, deal_id, body.add)
         product = await s.get(service.Product, deal.product_id)
@@ -130,7 +131,7 @@ async def reserve(body: ReservationIn) -> ReservationOut:
 
 
 @internal.post("/reservations/{order_id}/release", status_code=204)
-async def release(order_id: int) -> None:
+async def release(order_id: PathId) -> None:
     async with db.transaction() as s:
         await service.release_reservation(s, order_id)
     kick(db)

@@ -2,6 +2,8 @@ from datetime import date, datetime
 
 from pydantic import BaseModel, Field
 
+from services.common.bounds import DB_INT_MAX
+
 from .models import Category
 
 
@@ -25,7 +27,7 @@ class ProductOut(BaseModel):
 
 
 class DealIn(BaseModel):
-    product_id: int = Field(gt=0)
+    product_id: int = Field(gt=0, le=DB_INT_MAX)
     group_price_fen: int = Field(gt=0, le=100_000_000)
     stock: int = Field(gt=0, le=1_000_000)
     per_shopper_limit: int = Field(gt=0, le=10_000)
@@ -62,13 +64,13 @@ class SaleDayOut(BaseModel):
 
 
 class ReservationItemIn(BaseModel):
-    deal_id: int = Field(gt=0)
+    deal_id: int = Field(gt=0, le=DB_INT_MAX)
     quantity: int = Field(gt=0, le=10_000)
 
 
 class ReservationIn(BaseModel):
-    order_id: int = Field(gt=0)
-    shopper_id: int = Field(gt=0)
+    order_id: int = Field(gt=0, le=DB_INT_MAX)
+    shopper_id: int = Field(gt=0, le=DB_INT_MAX)
     items: list[ReservationItemIn] = Field(min_length=1, max_length=20)
 
 

@@ -130,8 +130,10 @@ async def add_deal(s: AsyncSession, day: date, data: DealIn) -> tuple[Deal, Prod
     try:
         await s.flush()
     except IntegrityError as e:
+        # the failed flush rolled the transaction back and expired `product`: reading
+        # product.id here would be a 500 instead of this 409
         raise Conflict(
-            f"product {product.id} already has a deal on {day}", code="duplicate_deal"
+            f"product {data.product_id} already has a deal on {day}", code="duplicate_deal"
         ) from e
     return deal, product
 

@@ -90,6 +90,53 @@ class BodyTooLarge(Exception):
     pass
 
 
+class NulGuardMiddleware:
+    """PostgreSQL text cannot hold NUL: a request carrying one in its path, query or body
+    is refused here as a 422 rather than failing in the driver as a 500."""
+
+    BODY_MARKERS = (b"\x00", b"\\u0000")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    @staticmethod
+    def _refuse():
+        return problem(422, "invalid_input", "Invalid input", "text may not contain NUL characters")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        head = scope.get("raw_path", b"") + b"?" + scope.get("query_string", b"")
+        if b"\x00" in head or b"%00" in head:
+            return await self._refuse()(scope, receive, send)
+        markers = self.BODY_MARKERS
+        for k, v in scope["headers"]:
+            if k == b"content-type" and v.startswith(b"application/x-www-form-urlencoded"):
+                markers = (*markers, b"%00")
+        # read the body first (BodyLimitMiddleware outside bounds it), then replay it
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        if any(m in body for m in markers):
+            return await self._refuse()(scope, receive, send)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
 async def broker_reachable(timeout: float = 1.0) -> bool:
     from .celery_app import celery
 
@@ -158,6 +205,7 @@ def create_service_app(
         return metrics_response()
 
     app.add_middleware(IdempotencyMiddleware, db=db)
+    app.add_middleware(NulGuardMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=get_settings().max_body_bytes)
     app.add_middleware(MetricsMiddleware, process=service)
     app.add_middleware(RequestContextMiddleware, process=service)

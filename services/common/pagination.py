@@ -11,6 +11,7 @@ from typing import Annotated, Generic, TypeVar
 from fastapi import Depends, Query
 from pydantic import BaseModel
 
+from .bounds import DB_INT_MAX
 from .errors import InvalidInput
 
 T = TypeVar("T")
@@ -36,7 +37,10 @@ def decode_cursor(cursor: str) -> int:
         kind, _, value = raw.partition(":")
         if kind != "id":
             raise ValueError
-        return int(value)
+        last_id = int(value)
+        if not 0 < last_id <= DB_INT_MAX:
+            raise ValueError
+        return last_id
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidInput("cursor is not valid", code="invalid_cursor") from e
 

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Query
 
 from services.common.auth import CurrentPrincipal, Shopper, Staff, require_service_token
+from services.common.bounds import PathId
 from services.common.db import get_db
 from services.common.pagination import Page, PageDep, make_page
 
@@ -109,13 +110,13 @@ async def nearby(
 
 
 @leaders.get("/{leader_id}", response_model=LeaderOut)
-async def get_leader(leader_id: int, _: Staff) -> LeaderOut:
+async def get_leader(leader_id: PathId, _: Staff) -> LeaderOut:
     async with db.session() as s:
         return LeaderOut(**service.leader_out(await service.get_leader(s, leader_id)))
 
 
 @internal.get("/shoppers/{user_id}/leader", response_model=ShopperLeaderOut)
-async def shopper_leader(user_id: int) -> ShopperLeaderOut:
+async def shopper_leader(user_id: PathId) -> ShopperLeaderOut:
     async with db.session() as s:
         return ShopperLeaderOut(**await service.shopper_leader(s, user_id))
 

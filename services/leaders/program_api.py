@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from services.common.auth import CurrentPrincipal, Leader, Principal, Shopper, Staff
+from services.common.bounds import DB_INT_MAX, PathId
 from services.common.clock import local_today
 from services.common.db import get_db
 from services.common.errors import Forbidden, InvalidInput
@@ -96,7 +97,7 @@ async def list_applications(
 
 
 @router.post("/applications/{app_id}/approve", response_model=ApplicationOut)
-async def approve(app_id: int, who: Staff) -> ApplicationOut:
+async def approve(app_id: PathId, who: Staff) -> ApplicationOut:
     """Creates the leader (tier `preparation`, status `active`, an empty group). A token
     carries the roles it was issued with: the applicant signs in again
     (`POST /auth/wechat/session`) to get the `leader` role and `leader_id`."""
@@ -106,7 +107,7 @@ async def approve(app_id: int, who: Staff) -> ApplicationOut:
 
 
 @router.post("/applications/{app_id}/reject", response_model=ApplicationOut)
-async def reject(app_id: int, body: ReasonIn, who: Staff) -> ApplicationOut:
+async def reject(app_id: PathId, body: ReasonIn, who: Staff) -> ApplicationOut:
     async with db.transaction() as s:
         app = await applications.reject(s, app_id, who.user_id, body.reason)
         return ApplicationOut(**app.model_dump())
@@ -172,14 +173,14 @@ async def my_deposit_history(who: Leader, page: PageDep) -> Page[DepositEntryOut
 
 @router.get("/{leader_id}/deposit/history", response_model=Page[DepositEntryOut])
 async def deposit_history(
-    leader_id: int, who: CurrentPrincipal, page: PageDep
+    leader_id: PathId, who: CurrentPrincipal, page: PageDep
 ) -> Page[DepositEntryOut]:
     _may_see_leader(who, leader_id)
     return await _history(leader_id, page)
 
 
 @router.post("/{leader_id}/deposit/deductions", response_model=DepositOut, status_code=201)
-async def deduct(leader_id: int, body: DeductionIn, who: Staff) -> DepositOut:
+async def deduct(leader_id: PathId, body: DeductionIn, who: Staff) -> DepositOut:
     async with db.transaction() as s:
         await deposit.deduct(s, leader_id, body.amount_fen, body.reason, who.user_id)
     async with db.session() as s:
@@ -187,7 +188,7 @@ async def deduct(leader_id: int, body: DeductionIn, who: Staff) -> DepositOut:
 
 
 @router.post("/{leader_id}/deposit/refund", response_model=DepositOut)
-async def refund_deposit(leader_id: int, who: Staff) -> DepositOut:
+async def refund_deposit(leader_id: PathId, who: Staff) -> DepositOut:
     """Retry a refund that a provider outage left `refunding` (terminate starts it)."""
     await deposit.refund(db, leader_id, who.user_id)
     async with db.session() as s:
@@ -212,19 +213,19 @@ async def _move(leader_id: int, to: LeaderStatus, reason: str, who: Principal) -
 
 
 @router.post("/{leader_id}/suspend", response_model=StatusOut)
-async def suspend(leader_id: int, body: ReasonIn, who: Staff) -> StatusOut:
+async def suspend(leader_id: PathId, body: ReasonIn, who: Staff) -> StatusOut:
     await _move(leader_id, LeaderStatus.suspended, body.reason, who)
     return await _status_out(leader_id)
 
 
 @router.post("/{leader_id}/reinstate", response_model=StatusOut)
-async def reinstate(leader_id: int, body: ReasonIn, who: Staff) -> StatusOut:
+async def reinstate(leader_id: PathId, body: ReasonIn, who: Staff) -> StatusOut:
     await _move(leader_id, LeaderStatus.active, body.reason, who)
     return await _status_out(leader_id)
 
 
 @router.post("/{leader_id}/terminate", response_model=StatusOut)
-async def terminate(leader_id: int, body: TerminateIn, who: Staff) -> StatusOut:
+async def terminate(leader_id: PathId, body: TerminateIn, who: Staff) -> StatusOut:
     await _move(leader_id, LeaderStatus.terminated, body.reason, who)
     if body.good_standing:
         async with db.session() as s:
@@ -255,7 +256,7 @@ async def list_sessions(_: CurrentPrincipal, page: PageDep) -> Page[TrainingSess
 
 
 @router.post("/training/sessions/{session_id}/attendance", response_model=AttendanceOut)
-async def attendance(session_id: int, body: AttendanceIn, who: Staff) -> AttendanceOut:
+async def attendance(session_id: PathId, body: AttendanceIn, who: Staff) -> AttendanceOut:
     async with db.transaction() as s:
         added = await program.record_attendance(s, session_id, body.leader_ids, who.user_id)
     return AttendanceOut(session_id=session_id, recorded=added)
@@ -281,7 +282,7 @@ async def list_complaints(
     who: CurrentPrincipal,
     page: PageDep,
     status: Annotated[str | None, Query(pattern="^(open|upheld|dismissed)$")] = None,
-    leader_id: int | None = None,
+    leader_id: Annotated[int | None, Query(gt=0, le=DB_INT_MAX)] = None,
 ) -> Page[ComplaintOut]:
     """Staff: all (filter by leader); a leader: the complaints against them."""
     if not who.is_staff:
@@ -297,7 +298,7 @@ async def list_complaints(
 
 
 @router.post("/complaints/{complaint_id}/resolve", response_model=ComplaintOut)
-async def resolve_complaint(complaint_id: int, body: ResolveIn, who: Staff) -> ComplaintOut:
+async def resolve_complaint(complaint_id: PathId, body: ResolveIn, who: Staff) -> ComplaintOut:
     async with db.transaction() as s:
         c = await program.resolve_complaint(s, complaint_id, body.upheld, body.note, who.user_id)
         out = _complaint_out(c)
@@ -316,7 +317,9 @@ async def run_evaluations(who: Staff, body: EvaluationRunIn | None = None) -> Ev
 
 
 @router.get("/{leader_id}/tier-history", response_model=Page[TierChangeOut])
-async def tier_history(leader_id: int, who: CurrentPrincipal, page: PageDep) -> Page[TierChangeOut]:
+async def tier_history(
+    leader_id: PathId, who: CurrentPrincipal, page: PageDep
+) -> Page[TierChangeOut]:
     _may_see_leader(who, leader_id)
     async with db.session() as s:
         await service.get_leader(s, leader_id)
@@ -335,7 +338,7 @@ async def tier_history(leader_id: int, who: CurrentPrincipal, page: PageDep) -> 
 
 
 @router.post("/{leader_id}/handover", response_model=HandoverOut)
-async def handover(leader_id: int, body: HandoverIn, who: Staff) -> HandoverOut:
+async def handover(leader_id: PathId, body: HandoverIn, who: Staff) -> HandoverOut:
     async with db.transaction() as s:
         moved = await program.handover(s, leader_id, body.to_leader_id, body.reason, who.user_id)
     return HandoverOut(

@@ -4,6 +4,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from services.common.bounds import DB_INT_MAX, Id
+
 
 class TokenOut(BaseModel):
     access_token: str
@@ -35,7 +37,7 @@ class MeOut(BaseModel):
 
 
 class BindLeaderIn(BaseModel):
-    leader_id: int = Field(gt=0)
+    leader_id: int = Field(gt=0, le=DB_INT_MAX)
 
 
 class LeaderOut(BaseModel):
@@ -194,7 +196,7 @@ class TrainingSessionOut(BaseModel):
 
 
 class AttendanceIn(BaseModel):
-    leader_ids: list[int] = Field(min_length=1, max_length=500)
+    leader_ids: list[Id] = Field(min_length=1, max_length=500)
 
 
 class AttendanceOut(BaseModel):
@@ -203,8 +205,8 @@ class AttendanceOut(BaseModel):
 
 
 class ComplaintIn(BaseModel):
-    leader_id: int = Field(gt=0)
-    order_id: int = Field(gt=0)
+    leader_id: int = Field(gt=0, le=DB_INT_MAX)
+    order_id: int = Field(gt=0, le=DB_INT_MAX)
     reason: str = Field(min_length=1, max_length=1000)
 
 
@@ -226,7 +228,7 @@ class ComplaintOut(BaseModel):
 
 
 class EvaluationRunIn(BaseModel):
-    leader_ids: list[int] | None = Field(default=None, max_length=1000)
+    leader_ids: list[Id] | None = Field(default=None, max_length=1000)
 
 
 class TierChangeOut(BaseModel):
@@ -246,7 +248,7 @@ class EvaluationRunOut(BaseModel):
 
 
 class HandoverIn(BaseModel):
-    to_leader_id: int = Field(gt=0)
+    to_leader_id: int = Field(gt=0, le=DB_INT_MAX)
     reason: str = Field(min_length=1, max_length=500)
 
 

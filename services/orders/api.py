@@ -15,6 +15,7 @@ from services.common.auth import (
     Staff,
     require_service_token,
 )
+from services.common.bounds import PathId
 from services.common.db import get_db
 from services.common.errors import PaymentFailed
 from services.common.metrics import ORDERS_PLACED, PAYMENTS_FAILED
@@ -113,7 +114,7 @@ async def delivery_lists(who: CurrentPrincipal, pickup_date: date) -> list[Deliv
 
 
 @router.post("/delivery-lists/{list_id}/received")
-async def delivery_received(list_id: int, who: Leader) -> dict:
+async def delivery_received(list_id: PathId, who: Leader) -> dict:
     ready = await service.mark_delivery_received(db, list_id, who)
     return {"id": list_id, "status": "received", "orders_ready": ready}
 
@@ -165,25 +166,27 @@ async def list_after_sales(
 
 @router.post("/after-sales/{request_id}/approve", response_model=AfterSalesOut)
 async def approve_after_sales(
-    request_id: int, who: LeaderOrStaff, body: ApproveIn | None = None
+    request_id: PathId, who: LeaderOrStaff, body: ApproveIn | None = None
 ) -> AfterSalesOut:
     req = await service.decide_after_sales(db, request_id, who, True, body.note if body else None)
     return AfterSalesOut(**req.model_dump())
 
 
 @router.post("/after-sales/{request_id}/reject", response_model=AfterSalesOut)
-async def reject_after_sales(request_id: int, body: RejectIn, who: LeaderOrStaff) -> AfterSalesOut:
+async def reject_after_sales(
+    request_id: PathId, body: RejectIn, who: LeaderOrStaff
+) -> AfterSalesOut:
     req = await service.decide_after_sales(db, request_id, who, False, body.reason)
     return AfterSalesOut(**req.model_dump())
 
 
 @router.get("/{order_id}", response_model=OrderOut)
-async def get_order(order_id: int, who: CurrentPrincipal) -> OrderOut:
+async def get_order(order_id: PathId, who: CurrentPrincipal) -> OrderOut:
     return await _read(order_id, who)
 
 
 @router.post("/{order_id}/pay", response_model=OrderOut)
-async def pay(order_id: int, body: PayIn, who: Shopper) -> OrderOut:
+async def pay(order_id: PathId, body: PayIn, who: Shopper) -> OrderOut:
     try:
         await service.pay_order(
             db, order_id, who, body.payment_method, body.card.model_dump() if body.card else None
@@ -195,13 +198,13 @@ async def pay(order_id: int, body: PayIn, who: Shopper) -> OrderOut:
 
 
 @router.post("/{order_id}/cancel", response_model=OrderOut)
-async def cancel(order_id: int, who: Shopper) -> OrderOut:
+async def cancel(order_id: PathId, who: Shopper) -> OrderOut:
     await service.cancel_unpaid(db, order_id, who)
     return await _read(order_id, who)
 
 
 @router.post("/{order_id}/after-sales", response_model=AfterSalesOut, status_code=201)
-async def request_after_sales(order_id: int, body: AfterSalesIn, who: Shopper) -> AfterSalesOut:
+async def request_after_sales(order_id: PathId, body: AfterSalesIn, who: Shopper) -> AfterSalesOut:
     request_id = await service.request_after_sales(
         db, order_id, who, [line.model_dump() for line in body.lines], body.reason
     )

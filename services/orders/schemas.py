@@ -3,9 +3,11 @@ from decimal import Decimal
 
 from pydantic import BaseModel, Field, model_validator
 
+from services.common.bounds import DB_INT_MAX
+
 
 class OrderItemIn(BaseModel):
-    deal_id: int = Field(gt=0)
+    deal_id: int = Field(gt=0, le=DB_INT_MAX)
     quantity: int = Field(gt=0, le=1000)
 
 
@@ -76,7 +78,8 @@ class OrderOut(BaseModel):
 
 
 class PickupIn(BaseModel):
-    pickup_code: str = Field(min_length=1, max_length=32)
+    # codes are digits; anything else (a NUL above all, which PostgreSQL refuses) is a 422
+    pickup_code: str = Field(min_length=1, max_length=32, pattern=r"^\s*[0-9]+\s*$")
 
 
 class DeliveryLineOut(BaseModel):
@@ -131,7 +134,7 @@ class CutoffOut(BaseModel):
 
 
 class AfterSalesLineIn(BaseModel):
-    line_id: int = Field(gt=0)
+    line_id: int = Field(gt=0, le=DB_INT_MAX)
     quantity: int = Field(gt=0, le=1000)
 
 

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from services.common.auth import Leader, LeaderOrStaff, Staff
+from services.common.bounds import PathId
 from services.common.clock import clock
 from services.common.db import get_db
 from services.common.pagination import Page, PageDep, make_page
@@ -89,12 +90,12 @@ async def list_withdrawals(
 
 
 @router.post("/withdrawals/{withdrawal_id}/approve", response_model=WithdrawalOut)
-async def approve_withdrawal(withdrawal_id: int, who: Staff) -> WithdrawalOut:
+async def approve_withdrawal(withdrawal_id: PathId, who: Staff) -> WithdrawalOut:
     return _out(await service.approve_withdrawal(db, withdrawal_id, who.user_id))
 
 
 @router.post("/withdrawals/{withdrawal_id}/reject", response_model=WithdrawalOut)
-async def reject_withdrawal(withdrawal_id: int, body: RejectIn, who: Staff) -> WithdrawalOut:
+async def reject_withdrawal(withdrawal_id: PathId, body: RejectIn, who: Staff) -> WithdrawalOut:
     return _out(await service.reject_withdrawal(db, withdrawal_id, who.user_id, body.reason))
 
 

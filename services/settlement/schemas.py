@@ -31,7 +31,8 @@ class CommissionOut(BaseModel):
 
 
 class WithdrawalIn(BaseModel):
-    amount_fen: int = Field(gt=0)
+    # bounded like every id: a larger number would overflow the INTEGER column (a 500)
+    amount_fen: int = Field(gt=0, le=2**31 - 1)
 
 
 class RejectIn(BaseModel):
