@@ -4,7 +4,7 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import CheckConstraint, Column, Index, Numeric
+from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Numeric
 from sqlmodel import Field, SQLModel
 
 from services.common.models import plumbing_tables, ts_field
@@ -68,7 +68,8 @@ class Account(SQLModel, table=True):
     kind: str = Field(max_length=32)
     currency: str = Field(default="CNY", max_length=3)
     allow_negative: bool = Field(default=False)
-    balance_fen: int = Field(default=0)
+    # platform accounts sum every commission ever paid: past 2^31 fen (21M CNY) quickly
+    balance_fen: int = Field(default=0, sa_type=BigInteger)
 
 
 class LedgerTransaction(SQLModel, table=True):
@@ -96,7 +97,7 @@ class LedgerEntry(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     transaction_id: int = Field(foreign_key=f"{SCHEMA}.ledger_transactions.id", index=True)
     account_id: int = Field(foreign_key=f"{SCHEMA}.accounts.id")
-    amount_fen: int
+    amount_fen: int = Field(sa_type=BigInteger)
     currency: str = Field(default="CNY", max_length=3)
     created_at: datetime = ts_field(default_now=True)
 
