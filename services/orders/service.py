@@ -172,8 +172,10 @@ async def list_orders(
 # --- placing an order -------------------------------------------------------------------------
 
 
-async def place_order(db, who: Principal, items: list[dict]) -> int:
-    """Snapshot the leader and prices, hold stock, record the order; all or nothing."""
+async def place_order(db, who: Principal, items: list[dict]) -> tuple[GroupOrder, list[OrderLine]]:
+    """Snapshot the leader and prices, hold stock, record the order; all or nothing.
+
+    Returns the rows as inserted, so the caller need not read them back."""
     leader = await leaders_client.get(f"/internal/shoppers/{who.user_id}/leader")
     if not leader["accepts_orders"]:
         raise LeaderSuspended("your leader's group is not taking orders right now")
@@ -185,53 +187,54 @@ async def place_order(db, who: Principal, items: list[dict]) -> int:
     )
     try:
         async with db.transaction() as s:
-            await _insert_order(s, order_id, who.user_id, leader, held)
+            placed = await _insert_order(s, order_id, who.user_id, leader, held)
     except Exception:
         # the stock must not stay held for an order that was never recorded
         await catalog_client.post(f"/internal/reservations/{order_id}/release")
         raise
-    return order_id
+    return placed
 
 
 async def _insert_order(
     s: AsyncSession, order_id: int, shopper_id: int, leader: dict, held: dict
-) -> None:
+) -> tuple[GroupOrder, list[OrderLine]]:
     st = get_settings()
     now = clock.now()
     cutoff = datetime.fromisoformat(held["cutoff_at"])
     total = sum(line["unit_price_fen"] * line["quantity"] for line in held["lines"])
-    s.add(
-        GroupOrder(
-            id=order_id,
-            shopper_id=shopper_id,
-            leader_id=leader["leader_id"],
-            leader_tier=leader["tier"],
-            commission_rate=Decimal(str(leader["commission_rate"])),
-            sale_date=date.fromisoformat(held["sale_date"]),
-            pickup_date=date.fromisoformat(held["pickup_date"]),
-            total_fen=total,
-            currency=st.currency,
-            created_at=now,
-            expires_at=reservation_expiry(now, cutoff, st.reservation_ttl_minutes),
+    order = GroupOrder(
+        id=order_id,
+        shopper_id=shopper_id,
+        leader_id=leader["leader_id"],
+        leader_tier=leader["tier"],
+        # at the column's scale, so the answer built from this row reads as a stored one
+        commission_rate=Decimal(str(leader["commission_rate"])).quantize(Decimal("0.0001")),
+        sale_date=date.fromisoformat(held["sale_date"]),
+        pickup_date=date.fromisoformat(held["pickup_date"]),
+        total_fen=total,
+        currency=st.currency,
+        created_at=now,
+        expires_at=reservation_expiry(now, cutoff, st.reservation_ttl_minutes),
+    )
+    s.add(order)
+    await s.flush()
+    lines = [
+        OrderLine(
+            order_id=order_id,
+            deal_id=line["deal_id"],
+            product_id=line["product_id"],
+            product_name=line["product_name"],
+            category=line["category"],
+            unit_price_fen=line["unit_price_fen"],
+            quantity=line["quantity"],
+            group_threshold=line["group_threshold"],
         )
-    )
+        for line in held["lines"]
+    ]
+    s.add_all(lines)
     await s.flush()
-    s.add_all(
-        [
-            OrderLine(
-                order_id=order_id,
-                deal_id=line["deal_id"],
-                product_id=line["product_id"],
-                product_name=line["product_name"],
-                category=line["category"],
-                unit_price_fen=line["unit_price_fen"],
-                quantity=line["quantity"],
-                group_threshold=line["group_threshold"],
-            )
-            for line in held["lines"]
-        ]
-    )
-    await s.flush()
+    lines.sort(key=lambda ln: ln.id)  # the order every read of an order uses
+    return order, lines
 
 
 async def cancel_unpaid(db, order_id: int, who: Principal) -> None:
