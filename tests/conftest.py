@@ -64,6 +64,9 @@ class Infra:
             "CELERY_QUEUE": self.queue,
             "CLOCK_OFFSET_FILE": str(self.clock_file),
             "OUTBOX_SWEEP_INTERVAL_S": "1",
+            # a task a killed worker held comes back in seconds, not minutes
+            "BROKER_VISIBILITY_TIMEOUT_S": "10",
+            "BROKER_RESTORE_INTERVAL_S": "1",
             "RESERVATION_EXPIRY_INTERVAL_S": "1",
             "COMPLETION_INTERVAL_S": "1",
             "CUTOFF_CHECK_INTERVAL_S": "1",

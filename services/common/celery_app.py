@@ -40,7 +40,12 @@ celery.conf.update(
     task_ignore_result=True,
     task_default_queue=_settings.celery_queue,
     broker_connection_retry_on_startup=True,
-    broker_transport_options={"visibility_timeout": 3600},
+    broker_transport_options={
+        "visibility_timeout": _settings.broker_visibility_timeout_s,
+        "unacked_restore_interval": _settings.broker_restore_interval_s,
+        # every periodic look really scans, so the interval alone sets the delay
+        "unacked_restore_throttle": 1,
+    },
     worker_hijack_root_logger=False,
     timezone="UTC",
     imports=[f"services.{s}.tasks" for s in SERVICES],

@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     completion_interval_s: float = 60.0
     cutoff_check_interval_s: float = 60.0
     event_max_retries: int = 20
+    # a task a killed worker had taken stays invisible in the broker this long before
+    # another worker takes it again; long enough for the longest task and retry countdown
+    # (60 s), short enough that a SIGKILL delays an event by minutes, not an hour
+    broker_visibility_timeout_s: float = 300.0
+    # how often a live worker looks for such tasks
+    broker_restore_interval_s: float = 10.0
     # the evaluation records one result per leader per day, so running hourly is safe
     tier_evaluation_interval_s: float = 3600.0
     commission_release_interval_s: float = 600.0
