@@ -140,3 +140,27 @@ def unique_day():
     """A sale day of its own for one test, far enough ahead that no other test's time
     travel (up to ~35 days) reaches its cutoff."""
     return future_day(next(_day_counter))
+
+
+async def open_day(
+    ops: Api, day: date, *, price: int, stock: int, limit: int, threshold: int = 0
+) -> list[dict]:
+    """A published day of 8 new products, every deal alike; returns the deals."""
+    products = await make_products(ops, 8)
+    deals = []
+    for p in products:
+        r = await ops.post(
+            f"/catalog/days/{day}/deals",
+            json={
+                "product_id": p["id"],
+                "group_price_fen": price,
+                "stock": stock,
+                "per_shopper_limit": limit,
+                "group_threshold": threshold,
+            },
+        )
+        assert r.status_code == 201, r.text
+        deals.append(r.json())
+    r = await ops.post(f"/catalog/days/{day}/publish")
+    assert r.status_code == 200, r.text
+    return deals

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from services.common.clock import clock
 from services.common.db import get_db
-from tests.helpers import bound_shopper, eventually, make_products, shopper, staff, unique_day
+from tests.helpers import bound_shopper, eventually, open_day, shopper, staff, unique_day
 
 
 async def test_orphaned_reservation_is_released_and_real_orders_keep_theirs(gateway_url):
@@ -18,20 +18,7 @@ async def test_orphaned_reservation_is_released_and_real_orders_keep_theirs(gate
     await seed_demo()
     ops = await staff(gateway_url)
     day = unique_day()
-    products = await make_products(ops, 8)
-    deals = []
-    for p in products:
-        r = await ops.post(
-            f"/catalog/days/{day}/deals",
-            json={
-                "product_id": p["id"],
-                "group_price_fen": 600,
-                "stock": 10,
-                "per_shopper_limit": 5,
-            },
-        )
-        deals.append(r.json())
-    assert (await ops.post(f"/catalog/days/{day}/publish")).status_code == 200
+    deals = await open_day(ops, day, price=600, stock=10, limit=5)
     deal = deals[0]
     leader = await shopper(gateway_url, "leader-standard")
     real_buyer = await bound_shopper(gateway_url, leader.user["leader_id"])

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 
 from services.common.db import get_db
-from tests.helpers import bound_shopper, future_day, make_products, problem_of, shopper, staff
+from tests.helpers import bound_shopper, future_day, open_day, problem_of, shopper, staff
 
 
 async def _order_count() -> int:
@@ -23,21 +23,7 @@ async def day_with_deal(gateway_url):
     await seed_demo()
     ops = await staff(gateway_url)
     day = future_day(5)
-    products = await make_products(ops, 8)
-    deals = []
-    for p in products:
-        r = await ops.post(
-            f"/catalog/days/{day}/deals",
-            json={
-                "product_id": p["id"],
-                "group_price_fen": 700,
-                "stock": 20,
-                "per_shopper_limit": 3,
-                "group_threshold": 0,
-            },
-        )
-        deals.append(r.json())
-    assert (await ops.post(f"/catalog/days/{day}/publish")).status_code == 200
+    deals = await open_day(ops, day, price=700, stock=20, limit=3)
     leader = await shopper(gateway_url, "leader-standard")
     yield {"ops": ops, "deals": deals, "leader_id": leader.user["leader_id"], "day": day}
     await ops.aclose()

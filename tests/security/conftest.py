@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import bound_shopper, make_products, shopper, staff, unique_day
+from tests.helpers import bound_shopper, open_day, shopper, staff, unique_day
 
 
 @pytest.fixture(scope="package")
@@ -15,22 +15,7 @@ async def world(gateway_url):
     await seed_demo()
     ops = await staff(gateway_url)
     day = unique_day()
-    products = await make_products(ops, 8)
-    deals = []
-    for p in products:
-        r = await ops.post(
-            f"/catalog/days/{day}/deals",
-            json={
-                "product_id": p["id"],
-                "group_price_fen": 900,
-                "stock": 50,
-                "per_shopper_limit": 5,
-                "group_threshold": 0,
-            },
-        )
-        assert r.status_code == 201, r.text
-        deals.append(r.json())
-    assert (await ops.post(f"/catalog/days/{day}/publish")).status_code == 200
+    deals = await open_day(ops, day, price=900, stock=50, limit=5)
     leader = await shopper(gateway_url, "leader-standard")
     other_leader = await shopper(gateway_url, "leader-advanced")
     alice = await bound_shopper(gateway_url, leader.user["leader_id"])
