@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Path, Query
+from fastapi import Path
 from pydantic import Field
 
 DB_INT_MAX = 2**31 - 1
 
 Id = Annotated[int, Field(gt=0, le=DB_INT_MAX)]
 PathId = Annotated[int, Path(gt=0, le=DB_INT_MAX)]
-QueryId = Annotated[int, Query(gt=0, le=DB_INT_MAX)]

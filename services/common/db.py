@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -74,20 +73,6 @@ class Database:
             await self._engine.dispose()
             self._engine = None
             self._sessions = None
-
-
-def schema_metadata(schema: str) -> MetaData:
-    """A MetaData per service so each Alembic history sees only its own tables."""
-    return MetaData(
-        schema=schema,
-        naming_convention={
-            "ix": "ix_%(column_0_label)s",
-            "uq": "uq_%(table_name)s_%(column_0_name)s",
-            "ck": "ck_%(table_name)s_%(constraint_name)s",
-            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-            "pk": "pk_%(table_name)s",
-        },
-    )
 
 
 _databases: dict[str, Database] = {}

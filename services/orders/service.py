@@ -7,6 +7,7 @@ the same order, and nothing reads a status and writes it back.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from datetime import date, datetime
 from decimal import Decimal
@@ -176,11 +177,17 @@ async def place_order(db, who: Principal, items: list[dict]) -> tuple[GroupOrder
     """Snapshot the leader and prices, hold stock, record the order; all or nothing.
 
     Returns the rows as inserted, so the caller need not read them back."""
-    leader = await leaders_client.get(f"/internal/shoppers/{who.user_id}/leader")
+
+    async def next_order_id() -> int:
+        async with db.session() as s:
+            return (await s.execute(text("SELECT nextval('orders.orders_id_seq')"))).scalar_one()
+
+    # the leader lookup and the id are independent: one round trip's wait, not two
+    leader, order_id = await asyncio.gather(
+        leaders_client.get(f"/internal/shoppers/{who.user_id}/leader"), next_order_id()
+    )
     if not leader["accepts_orders"]:
         raise LeaderSuspended("your leader's group is not taking orders right now")
-    async with db.session() as s:
-        order_id = (await s.execute(text("SELECT nextval('orders.orders_id_seq')"))).scalar_one()
     held = await catalog_client.post(
         "/internal/reservations",
         json={"order_id": order_id, "shopper_id": who.user_id, "items": items},
