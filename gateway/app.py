@@ -17,15 +17,17 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs
 
-import httpx
+import aiohttp
 import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from yarl import URL
 
 from services.common.auth import bearer_token, verify_token
 from services.common.errors import DomainError, install_error_handlers, problem
+from services.common.http import SessionPerLoop, peer_timeout
 from services.common.logging import configure_logging
 from services.common.metrics import MetricsMiddleware, metrics_response
 from services.common.settings import SERVICES, get_settings
@@ -51,23 +53,43 @@ HOP_BY_HOP = {
 
 
 class Upstreams:
-    def __init__(self) -> None:
-        self.clients: dict[str, httpx.AsyncClient] = {}
+    """One pooled aiohttp session to every service (see `services.common.http` for why
+    not httpx: its pool cost grew with every open connection)."""
 
-    def client(self, service: str) -> httpx.AsyncClient:
-        if service not in self.clients:
-            s = get_settings()
-            self.clients[service] = httpx.AsyncClient(
-                base_url=s.service_url(service),
-                timeout=httpx.Timeout(s.peer_read_timeout_s, connect=s.peer_connect_timeout_s),
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
-            )
-        return self.clients[service]
+    def __init__(self) -> None:
+        s = get_settings()
+        self.sessions = SessionPerLoop(
+            timeout=peer_timeout(s.peer_read_timeout_s, s.peer_connect_timeout_s),
+            limit=400,
+            auto_decompress=False,
+        )
+
+    def url(self, service: str, raw_path: str, query: list[tuple[str, str]] | None = None) -> URL:
+        """The service's URL for a path exactly as the client encoded it."""
+        url = URL(get_settings().service_url(service).rstrip("/") + raw_path, encoded=True)
+        return url.with_query(query) if query else url
+
+    async def send(
+        self,
+        method: str,
+        url: URL,
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        extra = {"timeout": aiohttp.ClientTimeout(total=timeout)} if timeout else {}
+        async with self.sessions.get().request(
+            method, url, headers=headers, data=body, allow_redirects=False, **extra
+        ) as resp:
+            return resp.status, list(resp.headers.items()), await resp.read()
+
+    async def get_json(self, service: str, path: str, timeout: float) -> tuple[int, Any]:
+        status, _, content = await self.send("GET", self.url(service, path), timeout=timeout)
+        return status, orjson.loads(content) if status == 200 else None
 
     async def aclose(self) -> None:
-        for c in self.clients.values():
-            await c.aclose()
-        self.clients.clear()
+        await self.sessions.aclose()
 
 
 def create_app() -> FastAPI:
@@ -108,9 +130,9 @@ def create_app() -> FastAPI:
     async def readyz():
         async def check(service: str) -> tuple[str, str]:
             try:
-                r = await upstreams.client(service).get("/readyz", timeout=2.0)
-                return service, "ok" if r.status_code == 200 else f"not ready ({r.status_code})"
-            except httpx.HTTPError:
+                status, _ = await upstreams.get_json(service, "/readyz", timeout=2.0)
+                return service, "ok" if status == 200 else f"not ready ({status})"
+            except (aiohttp.ClientError, TimeoutError, ValueError):
                 return service, "unreachable"
 
         checks = dict(await asyncio.gather(*(check(s) for s in SERVICES)))
@@ -220,14 +242,11 @@ def create_app() -> FastAPI:
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
         upstream_path = raw_path.decode("latin-1").removeprefix(PREFIX)
         try:
-            upstream = await upstreams.client(service).request(
-                request.method,
-                upstream_path,
-                params=list(request.query_params.multi_items()),
-                content=body,
-                headers=headers,
+            url = upstreams.url(service, upstream_path, list(request.query_params.multi_items()))
+            status, upstream_headers, content = await upstreams.send(
+                request.method, url, headers=headers, body=body
             )
-        except httpx.InvalidURL:
+        except (ValueError, aiohttp.InvalidURL):
             return problem(
                 404,
                 "not_found",
@@ -235,7 +254,7 @@ def create_app() -> FastAPI:
                 "no such route",
                 headers={"x-request-id": rid},
             )
-        except httpx.TimeoutException:
+        except TimeoutError:
             log.warning("upstream_timeout", service=service, path=path)
             return problem(
                 504,
@@ -244,7 +263,7 @@ def create_app() -> FastAPI:
                 f"{service} did not answer in time",
                 headers={"x-request-id": rid},
             )
-        except httpx.TransportError:
+        except aiohttp.ClientError:
             log.warning("upstream_unavailable", service=service, path=path)
             return problem(
                 503,
@@ -253,9 +272,9 @@ def create_app() -> FastAPI:
                 f"{service} is unavailable",
                 headers={"x-request-id": rid, "retry-after": "1"},
             )
-        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+        out_headers = {k.lower(): v for k, v in upstream_headers if k.lower() not in HOP_BY_HOP}
         out_headers["x-request-id"] = rid
-        return Response(upstream.content, status_code=upstream.status_code, headers=out_headers)
+        return Response(content, status_code=status, headers=out_headers)
 
     return app
 
@@ -305,9 +324,8 @@ async def merged_openapi(upstreams: Upstreams) -> dict[str, Any]:
 
     async def fetch(service: str) -> tuple[str, dict | None]:
         try:
-            r = await upstreams.client(service).get("/openapi.json", timeout=3.0)
-            return service, r.json() if r.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
+            return service, (await upstreams.get_json(service, "/openapi.json", timeout=3.0))[1]
+        except (aiohttp.ClientError, TimeoutError, ValueError):
             return service, None
 
     for service, spec in await asyncio.gather(*(fetch(s) for s in SERVICES)):
