@@ -141,6 +141,15 @@ def gateway_url(platform) -> str:
     return f"{platform.gateway_url}/api/v1"
 
 
+@pytest.fixture(scope="session", autouse=True)
+async def _close_pooled_clients():
+    """Tests call services in-process too; their pooled sessions close with the run."""
+    yield
+    from services.common.payments import get_provider
+
+    await get_provider().aclose()
+
+
 @pytest.fixture(autouse=True)
 def _clock_back_to_now():
     """A test may move every process's clock (clock.advance); the next test starts at now."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -154,12 +155,44 @@ async def relay_outbox(db, limit: int = 500) -> int:
             return total
 
 
+@dataclass
+class _Pump:
+    running: bool = False
+    again: bool = False
+
+
+_pumps: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Pump]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def kick(db) -> None:
     """Relay right after a commit, without making the request wait for the broker; the
-    periodic sweep publishes whatever this misses."""
+    periodic sweep publishes whatever this misses.
+
+    Kicks coalesce: while a relay runs, further kicks ask for one more pass, so a burst of
+    commits makes a few relays of many events instead of one relay (a transaction and a
+    broker round trip) per request."""
     from .background import after_response
 
-    after_response(lambda: relay_outbox(db), f"relay {db.schema} outbox")
+    loop = asyncio.get_running_loop()
+    pump = _pumps.setdefault(loop, {}).setdefault(db.schema, _Pump())
+    if pump.running:
+        pump.again = True
+        return
+    pump.running = True
+
+    async def drain() -> None:
+        try:
+            while True:
+                pump.again = False
+                await relay_outbox(db)
+                if not pump.again:
+                    return
+        finally:
+            pump.running = False
+
+    after_response(drain, f"relay {db.schema} outbox")
 
 
 # --- consumers ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The payment provider behind a narrow interface (Stripe-compatible REST over httpx).
+"""The payment provider behind a narrow interface (Stripe-compatible REST over aiohttp).
 
 The rest of the platform never sees the provider's JSON: it gets `Intent`, `Refund`
 and `Transfer` values and domain errors. Every mutating call carries an
@@ -9,16 +9,18 @@ the provider honouring the key.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from .errors import DomainError, PaymentFailed, PeerTimeout, PeerUnavailable
+from .http import SessionPerLoop, peer_timeout
 from .settings import get_settings
 
 
@@ -79,6 +81,11 @@ def _form(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
+def basic_auth(api_key: str) -> str:
+    """The provider's scheme: the secret key as the user name, no password."""
+    return "Basic " + base64.b64encode(f"{api_key}:".encode()).decode()
+
+
 def _intent(obj: dict[str, Any]) -> Intent:
     err = obj.get("last_payment_error") or {}
     return Intent(
@@ -95,19 +102,21 @@ class PaymentProvider:
     def __init__(self, base_url: str | None = None, api_key: str | None = None) -> None:
         self._base_url = base_url
         self._api_key = api_key
-        self._client: httpx.AsyncClient | None = None
+        self._sessions: SessionPerLoop | None = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._sessions is None:
+            s = get_settings()
+            self._sessions = SessionPerLoop(
+                headers={"Authorization": basic_auth(self._api_key or s.payments_api_key)},
+                timeout=peer_timeout(s.payments_timeout_s, 2.0),
+                limit=50,
+            )
+        return self._sessions.get()
 
     @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            s = get_settings()
-            self._client = httpx.AsyncClient(
-                base_url=self._base_url or s.payments_api_base,
-                auth=(self._api_key or s.payments_api_key, ""),
-                timeout=httpx.Timeout(s.payments_timeout_s, connect=2.0),
-                limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
-            )
-        return self._client
+    def base_url(self) -> str:
+        return (self._base_url or get_settings().payments_api_base).rstrip("/")
 
     async def _call(
         self,
@@ -117,36 +126,42 @@ class PaymentProvider:
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        form = _form(data or {})
+        url = f"{self.base_url}{path}"
         try:
             if method == "GET":
-                resp = await self.client.get(path, params=_form(data or {}), headers=headers)
+                call = self._session().get(url, params=form, headers=headers)
             else:
-                resp = await self.client.post(path, data=dict(_form(data or {})), headers=headers)
-        except httpx.TimeoutException as e:
+                call = self._session().post(url, data=form, headers=headers)
+            async with call as resp:
+                status, content = resp.status, await resp.read()
+        except TimeoutError as e:
             raise PeerTimeout(
                 "the payment provider did not answer in time", code="payment_provider_timeout"
             ) from e
-        except httpx.TransportError as e:
+        except aiohttp.ClientError as e:
             raise PeerUnavailable(
                 "the payment provider is unavailable", code="payment_provider_unavailable"
             ) from e
         try:
-            body = resp.json()
-        except ValueError:
+            body = orjson.loads(content)
+        except orjson.JSONDecodeError:
             body = {}
-        if resp.status_code == 402:
+        if not isinstance(body, dict):
+            body = {}
+        if status == 402:
             err = body.get("error") or {}
             raise PaymentDeclined(
                 err.get("message") or "The card was declined",
                 code=err.get("code") or "card_declined",
             )
-        if resp.status_code >= 500:
+        if status >= 500:
             raise PeerUnavailable(
                 "the payment provider failed", code="payment_provider_unavailable"
             )
-        if resp.status_code >= 400:
+        if status >= 400:
             err = body.get("error") or {}
-            raise ProviderRejected(err.get("message") or f"provider answered {resp.status_code}")
+            raise ProviderRejected(err.get("message") or f"provider answered {status}")
         return body
 
     async def create_intent(
@@ -273,9 +288,8 @@ class PaymentProvider:
             after = data[-1]["id"]
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._sessions is not None:
+            await self._sessions.aclose()
 
 
 def sign_webhook(payload: bytes, secret: str, timestamp: int | None = None) -> str:

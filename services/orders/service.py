@@ -312,41 +312,29 @@ async def pay_order(
 
     intent_id = order.payment_intent_id
     if intent_id is None:
-        intent = await provider.create_intent(
-            order.total_fen,
-            idempotency_key=f"order:{order_id}:intent",
-            metadata={"kind": "order", "order_id": order_id},
-        )
-        async with db.transaction() as s:
-            stored = (
-                await s.execute(
-                    text(
-                        "UPDATE orders.orders SET payment_intent_id = :pi WHERE id = :id AND "
-                        "payment_intent_id IS NULL RETURNING payment_intent_id"
-                    ),
-                    {"pi": intent.id, "id": order_id},
-                )
-            ).scalar_one_or_none()
-            if stored is None:  # a concurrent /pay stored its intent first: use that one
-                stored = (
-                    await s.execute(
-                        text("SELECT payment_intent_id FROM orders.orders WHERE id = :id"),
-                        {"id": order_id},
-                    )
-                ).scalar_one()
-        intent_id = stored
+        intent_id = (
+            await provider.create_intent(
+                order.total_fen,
+                idempotency_key=f"order:{order_id}:intent",
+                metadata={"kind": "order", "order_id": order_id},
+            )
+        ).id
     async with db.transaction() as s:
-        attempt = (
+        # one statement: keep the first intent stored (a concurrent /pay may have won) and
+        # count this attempt, only while the order still waits for its money
+        row = (
             await s.execute(
                 text(
-                    "UPDATE orders.orders SET pay_attempts = pay_attempts + 1 WHERE id = :id AND "
-                    "status = 'pending_payment' RETURNING pay_attempts"
+                    "UPDATE orders.orders SET pay_attempts = pay_attempts + 1, "
+                    "payment_intent_id = coalesce(payment_intent_id, :pi) WHERE id = :id AND "
+                    "status = 'pending_payment' RETURNING payment_intent_id, pay_attempts"
                 ),
-                {"id": order_id},
+                {"pi": intent_id, "id": order_id},
             )
-        ).scalar_one_or_none()
-    if attempt is None:
+        ).one_or_none()
+    if row is None:
         return
+    intent_id, attempt = row
     if card is not None:
         payment_method = await provider.create_card_method(
             card, idempotency_key=f"order:{order_id}:card:{attempt}"
@@ -374,15 +362,21 @@ def new_pickup_code() -> str:
 async def record_payment(db, order_id: int, intent_id: str, amount_fen: int) -> bool:
     """The one place an order becomes paid, from `/pay` or the webhook, whichever is first."""
     async with db.transaction() as s:
-        moved = await _record_payment(s, order_id, intent_id, amount_fen)
-    kick(db)
-    if not moved:
+        outcome = await _record_payment(s, order_id, intent_id, amount_fen)
+    if outcome == PAID:
+        kick(db)
+    elif outcome == REFUND_OWED:
         await execute_pending_refunds(db)  # a late payment is returned without waiting
-    return moved
+    return outcome == PAID
 
 
-async def _record_payment(s: AsyncSession, order_id: int, intent_id: str, amount_fen: int) -> bool:
-    """If the order was cancelled meanwhile (expired, cutoff), the money goes back."""
+PAID, ALREADY_PAID, REFUND_OWED = "paid", "already_paid", "refund_owed"
+
+
+async def _record_payment(s: AsyncSession, order_id: int, intent_id: str, amount_fen: int) -> str:
+    """If the order was cancelled meanwhile (expired, cutoff), the money goes back.
+
+    The second of `/pay` and the webhook finds the order paid and does nothing more."""
     moved = await transition(
         s,
         S.paid,
@@ -404,12 +398,13 @@ async def _record_payment(s: AsyncSession, order_id: int, intent_id: str, amount
                 "total_fen": row.total_fen,
             },
         )
-        return True
+        return PAID
     order = await load_order(s, order_id)
     if order.status == S.cancelled and order.payment_intent_id == intent_id:
         await _owe_refund(s, order_id, "late_payment", intent_id, amount_fen, [])
         log.warning("payment_after_cancel_refunded", order_id=order_id)
-    return False
+        return REFUND_OWED
+    return ALREADY_PAID
 
 
 # --- refunds -----------------------------------------------------------------------------------
@@ -832,9 +827,9 @@ async def handle_provider_event(db, event: dict) -> bool:
         ).scalar_one_or_none()
         if fresh is None:
             return False
-        paid = True
+        outcome = PAID
         if event["type"] == "payment_intent.succeeded" and meta.get("kind") == "order":
-            paid = await _record_payment(s, int(meta["order_id"]), obj["id"], int(obj["amount"]))
+            outcome = await _record_payment(s, int(meta["order_id"]), obj["id"], int(obj["amount"]))
         elif event["type"] == "payment_intent.succeeded" and meta.get("kind") == "deposit":
             # the webhook lands here; a leader's deposit belongs to the leaders service
             await emit(
@@ -848,7 +843,7 @@ async def handle_provider_event(db, event: dict) -> bool:
                 },
             )
     kick(db)
-    if not paid:
+    if outcome == REFUND_OWED:
         await execute_pending_refunds(db)
     return True
 
