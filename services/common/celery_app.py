@@ -210,13 +210,46 @@ def _count_retry(sender=None, **_: Any) -> None:
 
 
 @celery.task(name="events.dispatch")
-def dispatch(env: dict[str, Any]) -> int:
-    from .events import subscribers_of
+def dispatch(events: dict[str, Any] | list[dict[str, Any]]) -> int:
+    """Hand each event (one, or a relay's batch of them) to its subscribers.
+
+    An event with a single subscriber (most: `order.paid`, `order.placed`, ...) is
+    applied right here; others fan out, one task per subscriber, so each retries on its
+    own. A failure goes the same retrying way as a fanned-out event; the inbox makes
+    any repeat harmless. Each event is handled under its own request id."""
+    batch = [events] if isinstance(events, dict) else events
+    for env in batch:
+        rid = env.get("request_id")
+        if rid:
+            structlog.contextvars.bind_contextvars(request_id=rid)
+        else:
+            structlog.contextvars.unbind_contextvars("request_id")
+        log.debug("event_dispatched", topic=env.get("topic"), event_id=env.get("id"))
+        _dispatch_one(env)
+    return len(batch)
+
+
+def _dispatch_one(env: dict[str, Any]) -> None:
+    from .db import get_db
+    from .events import consume, subscribers_of
 
     subs = subscribers_of(env["topic"])
+    if len(subs) == 1:
+        (sub,) = subs
+        try:
+            run(consume(get_db(sub.service), sub, env))
+        except Exception as exc:
+            log.warning(
+                "event_consume_failed",
+                consumer=sub.name,
+                event_id=env.get("id"),
+                topic=env.get("topic"),
+                error=str(exc),
+            )
+            consume_event.apply_async(args=[sub.name, env], countdown=1)
+        return
     for sub in subs:
         consume_event.apply_async(args=[sub.name, env])
-    return len(subs)
 
 
 @celery.task(name="events.consume", bind=True, max_retries=_settings.event_max_retries)

@@ -3,8 +3,10 @@
 * A producer writes the event to its own schema's `outbox` in the same transaction as
   the change (`emit`). After commit, `kick` relays it to the broker; a periodic sweep
   relays whatever a crash left behind. Publishing twice is allowed.
-* The worker's `events.dispatch` task fans an event out to each subscriber as its own
-  `events.consume` task, so one consumer's failure never blocks another's.
+* A relay publishes its events in batches, one `events.dispatch` task each. The worker
+  applies an event with a single subscriber there; one with several fans out to each
+  subscriber as its own `events.consume` task, so one consumer's failure never blocks
+  another's (a failed inline one is retried the same way).
 * A consumer records the event id in its own `inbox` in the same transaction as its
   effect (`consume`): a redelivered or concurrently delivered event is a no-op.
 """
@@ -112,15 +114,21 @@ def outbox_rows_sql(schema: str, topic: str, source: str, payload_sql: str) -> s
     )
 
 
+PUBLISH_BATCH = 100
+
+
 def _publish(envelopes: list[dict[str, Any]]) -> None:
+    """One broker message per batch of events: publishing costs about a millisecond of
+    CPU per message, which per event was an eighth of the orders service's time."""
     from .celery_app import celery
 
     with celery.producer_or_acquire() as producer:
-        for env in envelopes:
-            rid = env.get("request_id")
+        for start in range(0, len(envelopes), PUBLISH_BATCH):
+            batch = envelopes[start : start + PUBLISH_BATCH]
+            rid = batch[0].get("request_id") if len(batch) == 1 else None
             celery.send_task(
                 "events.dispatch",
-                args=[env],
+                args=[batch],
                 headers={"request_id": rid} if rid else None,
                 producer=producer,
                 retry=True,

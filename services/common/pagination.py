@@ -45,7 +45,7 @@ def decode_cursor(cursor: str) -> int:
         raise InvalidInput("cursor is not valid", code="invalid_cursor") from e
 
 
-def page_params(
+async def page_params(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> PageParams:
