@@ -26,7 +26,9 @@ class Commission(SQLModel, table=True):
     __tablename__ = "commissions"
     __table_args__ = (
         Index("ix_commissions_leader", "leader_id", "id"),
-        Index("ix_commissions_release", "available_at", postgresql_where="status = 'pending'"),
+        Index(
+            "ix_commissions_release", "available_at", "id", postgresql_where="status = 'pending'"
+        ),
         CheckConstraint("refunded_fen BETWEEN 0 AND base_fen", name="refund_within_base"),
         CheckConstraint("reversed_fen BETWEEN 0 AND amount_fen", name="reversal_within_amount"),
         {"schema": SCHEMA},

@@ -124,27 +124,42 @@ async def release_due(db, batch: int | None = None) -> int:
     """
     batch = batch or get_settings().commission_release_batch
     released = 0
+    # keyset walk along the partial index (available_at, id) of pending lines: each batch
+    # starts after the last line the previous one looked at, so it does not step again
+    # over the entries this run already released (dead until vacuumed); ordering by id
+    # alone walked the primary key over every released line (quadratic in a backlog)
+    after_at, after_id = datetime.min.replace(tzinfo=UTC), 0
     while True:
         async with db.transaction() as s:
-            # oldest first along the partial index of pending lines: ordering by id made
-            # every batch step over all the lines already released (quadratic in a backlog)
-            # summed per leader in the database: a batch sends back a row per leader
+            # claimed rows are re-checked (`c.status = 'pending'`): a line a concurrent run
+            # released first is skipped, so no line is ever released twice; summed per
+            # leader in the database, so a batch sends back a row per leader
             per_leader = (
                 await s.execute(
                     text(
-                        "WITH rel AS (UPDATE settlement.commissions c SET status = 'available', "
-                        "released_at = :now "
-                        "FROM (SELECT id FROM settlement.commissions WHERE status = 'pending' AND "
-                        "available_at <= :now ORDER BY available_at LIMIT :n "
-                        "FOR UPDATE SKIP LOCKED) due "
-                        "WHERE c.id = due.id "
-                        "RETURNING c.id, c.leader_id, c.amount_fen - c.reversed_fen AS amount) "
-                        "SELECT leader_id, sum(amount) AS amount, min(id) AS first_id, "
-                        "count(*) AS n FROM rel GROUP BY leader_id ORDER BY leader_id"
+                        "WITH due AS (SELECT ctid, id, available_at FROM settlement.commissions "
+                        "WHERE status = 'pending' AND available_at <= :now AND "
+                        "(available_at, id) > (:after_at, :after_id) "
+                        "ORDER BY available_at, id LIMIT :n), "
+                        "rel AS (UPDATE settlement.commissions c SET status = 'available', "
+                        "released_at = :now FROM due WHERE c.ctid = due.ctid AND "
+                        "c.status = 'pending' "
+                        "RETURNING c.id, c.leader_id, c.amount_fen - c.reversed_fen AS amount), "
+                        "last AS (SELECT available_at, id, (SELECT count(*) FROM due) AS seen "
+                        "FROM due ORDER BY available_at DESC, id DESC LIMIT 1) "
+                        "SELECT r.leader_id, sum(r.amount) AS amount, min(r.id) AS first_id, "
+                        "count(r.id) AS n, last.available_at AS last_at, last.id AS last_id, "
+                        "last.seen FROM last LEFT JOIN rel r ON true "
+                        "GROUP BY r.leader_id, last.available_at, last.id, last.seen "
+                        "ORDER BY r.leader_id"
                     ),
-                    {"now": clock.now(), "n": batch},
+                    {"now": clock.now(), "n": batch, "after_at": after_at, "after_id": after_id},
                 )
             ).all()
+            seen = per_leader[0].seen if per_leader else 0
+            if per_leader:
+                after_at, after_id = per_leader[0].last_at, per_leader[0].last_id
+            per_leader = [r for r in per_leader if r.leader_id is not None]
             by_leader = {r.leader_id: r for r in per_leader}
             claimed = sum(r.n for r in per_leader)
             codes = [
@@ -177,7 +192,7 @@ async def release_due(db, batch: int | None = None) -> int:
             # one statement per step for the whole batch, not a round trip per leader
             await ledger.post_many(s, postings)
             released += claimed
-        if claimed < batch:
+        if seen < batch:
             return released
 
 

@@ -67,6 +67,33 @@ async def test_release_handles_many_rows_in_batches(sdb):
         assert (b["pending_fen"], b["available_fen"]) == (0, 720)
 
 
+async def test_concurrent_release_runs_release_each_line_once(sdb):
+    leaders = [new_leader() for _ in range(6)]
+    for leader in leaders:
+        await deliver(pickup_envelope(leader, [100] * 50, due=True))  # 50 x 12 fen
+    # four runs at once walk the same backlog in small batches: a line one of them
+    # released is skipped by the others, never released (or paid out) twice
+    runs = await asyncio.gather(*(release_due(sdb, batch=37) for _ in range(4)))
+    assert sum(runs) >= 6 * 50
+    for leader in leaders:
+        b = await balances(leader)
+        assert (b["pending_fen"], b["available_fen"]) == (0, 600)
+    async with get_db("settlement").session() as s:
+        moved = (
+            await s.execute(
+                text(
+                    "SELECT count(*) FROM settlement.ledger_entries e JOIN "
+                    "settlement.accounts a ON a.id = e.account_id JOIN "
+                    "settlement.ledger_transactions t ON t.id = e.transaction_id "
+                    "WHERE a.leader_id = ANY(:l) AND a.kind = 'available' "
+                    "AND t.kind = 'commission_released'"
+                ),
+                {"l": leaders},
+            )
+        ).scalar_one()
+    assert 6 <= moved <= 6 * 4 * 2  # a few postings per leader, summing to exactly 600 each
+
+
 async def test_refund_before_release_reduces_pending(sdb):
     leader = new_leader()
     env = pickup_envelope(leader, [1980])  # 238
