@@ -34,6 +34,7 @@ class Database:
         self.schema = service
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self._readers: async_sessionmaker[AsyncSession] | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -56,6 +57,10 @@ class Database:
                 },
             )
             self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
+            self._readers = async_sessionmaker(
+                self._engine.execution_options(isolation_level="AUTOCOMMIT"),
+                expire_on_commit=False,
+            )
         return self._engine
 
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
@@ -69,6 +74,16 @@ class Database:
             yield session
 
     @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for one read-only statement on the hot path: autocommit, so no
+        BEGIN and ROLLBACK round trips around it. Several statements that must agree
+        with each other belong in `session()` (one snapshot) instead."""
+        _ = self.engine
+        assert self._readers is not None
+        async with self._readers() as session:
+            yield session
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         async with self.sessionmaker()() as session, session.begin():
             yield session
@@ -78,6 +93,7 @@ class Database:
             await self._engine.dispose()
             self._engine = None
             self._sessions = None
+            self._readers = None
 
 
 _databases: dict[str, Database] = {}
