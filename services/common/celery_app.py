@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 from celery import Celery
+from celery.exceptions import Reject
 from celery.signals import (
     beat_init,
     before_task_publish,
@@ -209,13 +210,44 @@ def _count_retry(sender=None, **_: Any) -> None:
     TASK_RETRIES.labels(task=getattr(sender, "name", "unknown")).inc()
 
 
+def _broker_errors() -> tuple[type[BaseException], ...]:
+    """What publishing raises when the broker is unreachable."""
+    from kombu.exceptions import OperationalError
+
+    with celery.connection_for_write() as conn:
+        return (OperationalError, *conn.connection_errors)
+
+
+def _give_back(env: dict[str, Any], error: Exception) -> None:
+    """The broker went away while this event was on its way to a consumer: mark it
+    unpublished in its producer's outbox, so the sweep sends it again once the broker is
+    back. Nothing else is trusted with it: the failed task's message may be acknowledged
+    or lost with the connection. Consumers that had it already drop the repeat."""
+    from .db import get_db
+    from .events import unpublish
+
+    log.warning(
+        "event_handed_back_to_outbox",
+        event_id=env.get("id"),
+        topic=env.get("topic"),
+        producer=env.get("producer"),
+        error=str(error),
+    )
+    if env.get("producer") in SERVICES:
+        run(unpublish(get_db(env["producer"]), env["id"]))
+
+
 @celery.task(name="events.dispatch")
 def dispatch(env: dict[str, Any]) -> int:
     from .events import subscribers_of
 
     subs = subscribers_of(env["topic"])
-    for sub in subs:
-        consume_event.apply_async(args=[sub.name, env])
+    try:
+        for sub in subs:
+            consume_event.apply_async(args=[sub.name, env])
+    except _broker_errors() as exc:
+        _give_back(env, exc)
+        return 0
     return len(subs)
 
 
@@ -235,15 +267,30 @@ def consume_event(self, subscription_name: str, env: dict[str, Any]) -> bool:
             topic=env.get("topic"),
             error=str(exc),
         )
-        raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from exc
+        try:
+            retry = self.retry(exc=exc, countdown=min(60, 2**self.request.retries), throw=False)
+        except Reject as lost:
+            # the retry could not be queued: the broker is gone too
+            _give_back(env, lost)
+            return False
+        raise retry from exc
 
 
 @celery.task(name="events.sweep_outboxes")
 def sweep_outboxes() -> int:
+    """Relay what a crash left in an outbox. A broker that restarted without its data lost
+    every event it held but had not delivered, so those published within
+    OUTBOX_REPLAY_WINDOW_S go out again first (the inbox makes repeats no-ops); the mark
+    is left in the broker only once they are marked for the relay."""
     from .db import get_db
-    from .events import relay_outbox
+    from .events import broker_lost_its_data, mark_broker, relay_outbox, replay_recent
 
     async def sweep() -> int:
+        if await asyncio.to_thread(broker_lost_its_data):
+            window = get_settings().outbox_replay_window_s
+            replayed = sum([await replay_recent(get_db(s), window) for s in SERVICES])
+            await asyncio.to_thread(mark_broker)
+            log.warning("broker_lost_its_data_events_replayed", events=replayed)
         return sum([await relay_outbox(get_db(s)) for s in SERVICES])
 
     return run(sweep())

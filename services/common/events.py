@@ -154,6 +154,56 @@ async def relay_outbox(db, limit: int = 500) -> int:
             return total
 
 
+def broker_mark_key() -> str:
+    from .settings import get_settings
+
+    return f"groupbuy:broker-mark:{get_settings().celery_queue}"
+
+
+def broker_lost_its_data() -> bool:
+    """True when the broker no longer holds the mark the sweep left in it: it restarted
+    without its data (or is new), so whatever was published but not yet consumed is gone.
+    Only a Redis broker can be asked; RabbitMQ keeps durable queues across restarts."""
+    from .celery_app import celery
+
+    with celery.connection_for_write() as conn:
+        if conn.transport.driver_type != "redis":
+            return False
+        return not conn.default_channel.client.exists(broker_mark_key())
+
+
+def mark_broker() -> None:
+    from .celery_app import celery
+
+    with celery.connection_for_write() as conn:
+        if conn.transport.driver_type == "redis":
+            conn.default_channel.client.set(broker_mark_key(), clock.now().isoformat())
+
+
+async def replay_recent(db, window_s: float) -> int:
+    """Mark events published within the window as unpublished, so the relay sends them
+    again: the broker that held them lost them."""
+    async with db.transaction() as s:
+        return (
+            await s.execute(
+                text(
+                    f"UPDATE {db.schema}.outbox SET published_at = NULL "
+                    "WHERE published_at >= now() - make_interval(secs => :w)"
+                ),
+                {"w": window_s},
+            )
+        ).rowcount
+
+
+async def unpublish(db, event_id: str) -> None:
+    """Hand an event back to the relay (a broker lost it on its way to a consumer)."""
+    async with db.transaction() as s:
+        await s.execute(
+            text(f"UPDATE {db.schema}.outbox SET published_at = NULL WHERE id = :id"),
+            {"id": uuid.UUID(event_id)},
+        )
+
+
 def kick(db) -> None:
     """Relay right after a commit, without making the request wait for the broker; the
     periodic sweep publishes whatever this misses."""
