@@ -91,6 +91,35 @@ celery.conf.update(
     },
 )
 
+
+def _survive_a_broker_lost_with_unacked_tasks() -> None:
+    """kombu 5.7's Redis transport: when the broker connection drops while the worker
+    holds taken, unacknowledged tasks, closing the channel tries to requeue them through a
+    transport the connection has already let go of (`connection.client` is None) and
+    raises AttributeError. The worker takes that for an unrecoverable error and exits, so
+    a broker restart stopped every event until someone restarted the worker. Those tasks
+    are safe in the broker's unacked set and come back after BROKER_VISIBILITY_TIMEOUT_S,
+    so the failed requeue is handled as the connection error it is."""
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.QoS.restore_unacked
+    if getattr(original, "survives_lost_broker", False):
+        return
+
+    def restore_unacked(self, client=None):
+        try:
+            return original(self, client)
+        except AttributeError:
+            log.warning("unacked_tasks_left_to_the_visibility_timeout", tasks=len(self._delivered))
+            self._delivered.clear()
+            return None
+
+    restore_unacked.survives_lost_broker = True
+    kombu_redis.QoS.restore_unacked = restore_unacked
+
+
+_survive_a_broker_lost_with_unacked_tasks()
+
 _loop: asyncio.AbstractEventLoop | None = None
 
 

@@ -324,3 +324,42 @@ async def test_an_event_whose_fan_out_meets_a_dead_broker_goes_back_to_the_outbo
     # handed back: the sweep publishes it again and its consumers drop the repeat
     await eventually(applied, timeout=60)
     assert await remaining(market) == before
+
+
+def test_a_worker_losing_the_broker_with_unacked_tasks_keeps_running(private):
+    """What the worker does when its broker connection drops while it holds a taken,
+    unacknowledged task: `collect()` lets go of the transport, then `close()` closes the
+    channel, which requeues the task. kombu raised AttributeError there (the transport
+    had no connection info left) and the worker exited as "unrecoverable" after a broker
+    restart. Now the close succeeds and the task comes back by the visibility timeout."""
+    from kombu import Connection, Consumer, Producer, Queue
+    from kombu.common import ignore_errors
+
+    import services.common.celery_app  # noqa: F401 - the worker's broker settings
+
+    name = f"unacked-{uuid.uuid4().hex[:8]}"
+    options = {"visibility_timeout": 1}
+    taken: list[dict] = []
+    conn = Connection(private.broker.url, transport_options=options)
+    channel = conn.default_channel
+    queue = Queue(name)
+    Producer(channel).publish({"task": 1}, routing_key=name, declare=[queue])
+    Consumer(channel, queues=[queue], callbacks=[lambda body, _: taken.append(body)]).consume()
+    conn.drain_events(timeout=10)
+    assert taken == [{"task": 1}]
+    # the teardown the worker's consumer runs on a connection error, in its order
+    conn._do_close_transport()
+    ignore_errors(conn, conn.close)
+
+    again: list[dict] = []
+    with Connection(private.broker.url, transport_options=options) as fresh:
+        channel = fresh.default_channel
+        Consumer(channel, queues=[queue], callbacks=[lambda body, m: again.append(body)]).consume()
+        deadline = time.monotonic() + 30
+        while not again and time.monotonic() < deadline:
+            channel.qos.restore_visible()
+            try:
+                fresh.drain_events(timeout=1)
+            except TimeoutError:
+                pass
+    assert again == [{"task": 1}]
