@@ -93,29 +93,29 @@ celery.conf.update(
 
 
 def _survive_a_broker_lost_with_unacked_tasks() -> None:
-    """kombu 5.7's Redis transport: when the broker connection drops while the worker
-    holds taken, unacknowledged tasks, closing the channel tries to requeue them through a
-    transport the connection has already let go of (`connection.client` is None) and
-    raises AttributeError. The worker takes that for an unrecoverable error and exits, so
-    a broker restart stopped every event until someone restarted the worker. Those tasks
-    are safe in the broker's unacked set and come back after BROKER_VISIBILITY_TIMEOUT_S,
-    so the failed requeue is handled as the connection error it is."""
+    """kombu 5.7's Redis transport: once the worker's broker connection dropped, its
+    teardown (`collect()` lets go of the transport) leaves channels whose connection is
+    gone, and the next broker call through one of them (requeueing the tasks the worker
+    had taken, acknowledging a task that finished meanwhile) raised AttributeError
+    instead of a connection error. The worker takes that for an unrecoverable error and
+    exits, so a broker restart stopped every event until someone restarted the worker.
+    Such a call now raises the connection error it is, which kombu and Celery already
+    handle (the tasks stay in the broker's unacked set and come back after
+    BROKER_VISIBILITY_TIMEOUT_S)."""
     from kombu.transport import redis as kombu_redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
-    original = kombu_redis.QoS.restore_unacked
+    original = kombu_redis.Channel._connparams
     if getattr(original, "survives_lost_broker", False):
         return
 
-    def restore_unacked(self, client=None):
-        try:
-            return original(self, client)
-        except AttributeError:
-            log.warning("unacked_tasks_left_to_the_visibility_timeout", tasks=len(self._delivered))
-            self._delivered.clear()
-            return None
+    def _connparams(self, asynchronous=False):
+        if self.connection is None or self.connection.client is None:
+            raise RedisConnectionError("this channel's broker connection is closed")
+        return original(self, asynchronous=asynchronous)
 
-    restore_unacked.survives_lost_broker = True
-    kombu_redis.QoS.restore_unacked = restore_unacked
+    _connparams.survives_lost_broker = True
+    kombu_redis.Channel._connparams = _connparams
 
 
 _survive_a_broker_lost_with_unacked_tasks()
@@ -307,19 +307,19 @@ def consume_event(self, subscription_name: str, env: dict[str, Any]) -> bool:
 
 @celery.task(name="events.sweep_outboxes")
 def sweep_outboxes() -> int:
-    """Relay what a crash left in an outbox. A broker that restarted without its data lost
-    every event it held but had not delivered, so those published within
-    OUTBOX_REPLAY_WINDOW_S go out again first (the inbox makes repeats no-ops); the mark
-    is left in the broker only once they are marked for the relay."""
+    """Relay what a crash left in an outbox. A broker that restarted may have lost events
+    it held but had not delivered (all of them without its data), so those published
+    within OUTBOX_REPLAY_WINDOW_S go out again first (the inbox makes repeats no-ops); the
+    broker is marked as seen only once they are marked for the relay."""
     from .db import get_db
-    from .events import broker_lost_its_data, mark_broker, relay_outbox, replay_recent
+    from .events import broker_restarted, mark_broker, relay_outbox, replay_recent
 
     async def sweep() -> int:
-        if await asyncio.to_thread(broker_lost_its_data):
+        if await asyncio.to_thread(broker_restarted):
             window = get_settings().outbox_replay_window_s
             replayed = sum([await replay_recent(get_db(s), window) for s in SERVICES])
             await asyncio.to_thread(mark_broker)
-            log.warning("broker_lost_its_data_events_replayed", events=replayed)
+            log.warning("broker_restarted_events_replayed", events=replayed)
         return sum([await relay_outbox(get_db(s)) for s in SERVICES])
 
     return run(sweep())

@@ -160,16 +160,25 @@ def broker_mark_key() -> str:
     return f"groupbuy:broker-mark:{get_settings().celery_queue}"
 
 
-def broker_lost_its_data() -> bool:
-    """True when the broker no longer holds the mark the sweep left in it: it restarted
-    without its data (or is new), so whatever was published but not yet consumed is gone.
-    Only a Redis broker can be asked; RabbitMQ keeps durable queues across restarts."""
+def _redis_run_id(client) -> str:
+    return str(client.info("server").get("run_id", ""))
+
+
+def broker_restarted() -> bool:
+    """True when the broker is not the one the sweep last marked: it restarted (a new
+    `run_id`), or lost its data (the mark is gone), or is new. Whatever it held but had not
+    delivered may be gone: without its data everything queued, and even with it a task a
+    worker had popped but not yet recorded as unacknowledged when the broker died. Only a
+    Redis broker can be asked; RabbitMQ keeps durable queues across restarts."""
     from .celery_app import celery
 
     with celery.connection_for_write() as conn:
         if conn.transport.driver_type != "redis":
             return False
-        return not conn.default_channel.client.exists(broker_mark_key())
+        client = conn.default_channel.client
+        mark = client.get(broker_mark_key())
+        mark = mark.decode() if isinstance(mark, bytes) else mark
+        return mark != _redis_run_id(client)
 
 
 def mark_broker() -> None:
@@ -177,7 +186,8 @@ def mark_broker() -> None:
 
     with celery.connection_for_write() as conn:
         if conn.transport.driver_type == "redis":
-            conn.default_channel.client.set(broker_mark_key(), clock.now().isoformat())
+            client = conn.default_channel.client
+            client.set(broker_mark_key(), _redis_run_id(client))
 
 
 async def replay_recent(db, window_s: float) -> int:

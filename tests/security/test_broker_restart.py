@@ -13,6 +13,7 @@ and the worker reconnect by themselves.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -344,12 +345,20 @@ def test_a_worker_losing_the_broker_with_unacked_tasks_keeps_running(private):
     channel = conn.default_channel
     queue = Queue(name)
     Producer(channel).publish({"task": 1}, routing_key=name, declare=[queue])
-    Consumer(channel, queues=[queue], callbacks=[lambda body, _: taken.append(body)]).consume()
+    messages: list = []
+
+    def take(body, message):
+        taken.append(body)
+        messages.append(message)
+
+    Consumer(channel, queues=[queue], callbacks=[take]).consume()
     conn.drain_events(timeout=10)
     assert taken == [{"task": 1}]
     # the teardown the worker's consumer runs on a connection error, in its order
     conn._do_close_transport()
     ignore_errors(conn, conn.close)
+    # the task finishes meanwhile and is acknowledged through the same, closed channel
+    messages[0].ack_log_error(logging.getLogger(__name__), conn.connection_errors)
 
     again: list[dict] = []
     with Connection(private.broker.url, transport_options=options) as fresh:
@@ -363,3 +372,49 @@ def test_a_worker_losing_the_broker_with_unacked_tasks_keeps_running(private):
             except TimeoutError:
                 pass
     assert again == [{"task": 1}]
+
+
+async def test_an_event_lost_in_a_restart_that_kept_the_data_is_sent_again(private, market):
+    """A task Redis had handed to a worker but the worker had not yet recorded as taken is
+    kept nowhere when the broker dies, even with its data: here an event the outbox
+    records as published but the broker never got. Restarting the broker (data kept) must
+    get it sent again, and its consumers apply it once."""
+    api = market["shoppers"][0]
+    r = await api.post("/orders", json={"items": [{"deal_id": market["deal"], "quantity": 1}]})
+    assert r.status_code == 201, r.text
+    order = r.json()["id"]
+    before = await remaining(market)
+    lost = uuid.uuid4()
+    env = {
+        "id": str(lost),
+        "topic": "order.cancelled",
+        "producer": "orders",
+        "occurred_at": "2026-01-01T00:00:00+00:00",
+        "payload": {"order_id": order, "reason": "cancelled_by_shopper"},
+    }
+
+    def record_as_published() -> None:
+        with psycopg.connect(private.database_url) as conn:
+            # the shopper's cancel, with its event lost on the way to the consumers
+            conn.execute(
+                "UPDATE orders.orders SET status = 'cancelled', cancelled_at = now(), "
+                "cancel_reason = 'cancelled_by_shopper' WHERE id = %s",
+                (order,),
+            )
+            conn.execute(
+                "INSERT INTO orders.outbox (id, topic, payload, created_at, published_at) "
+                "VALUES (%s, 'order.cancelled', %s, now(), now())",
+                (lost, orjson.dumps(env).decode()),
+            )
+
+    await asyncio.to_thread(record_as_published)
+    private.broker.kill()
+    private.broker.start(keep_data=True)
+
+    async def applied():
+        state = await asyncio.to_thread(event_state, private.database_url)
+        return not any(m[0] == str(lost) for m in state["missing"])
+
+    await eventually(applied, timeout=60)
+    # its stock came back, once
+    assert await remaining(market) == before + 1
