@@ -35,6 +35,7 @@ REQUESTS = 6  # concurrent withdrawals each of them fires
 COVERED = 3  # how many of those their available balance covers
 AMOUNT = 1000  # fen per withdrawal (the minimum)
 APPROVERS = 3  # staff approving the same withdrawal at once
+REJECTERS = 2  # staff rejecting it at the same time, every other round
 
 FIGURES: Counter = Counter()
 
@@ -134,27 +135,27 @@ async def _paid(sdb, wid: int) -> dict | None:
 
 async def test_concurrent_approvals_and_a_racing_rejection_pay_once(gateway_url):
     sdb = get_db("settlement")
-    approvers = [staff_api(gateway_url) for _ in range(APPROVERS + 1)]
+    approvers = [staff_api(gateway_url) for _ in range(APPROVERS + REJECTERS)]
     decided: list[tuple[int, int, str]] = []  # (withdrawal, leader, outcome)
     try:
         for round_no in range(ROUNDS):
             leader = new_leader()
             await earn_available(leader, 2 * AMOUNT)
             wid = await _withdrawal(gateway_url, leader)
-            # every other round a rejection races the approvals
+            # every other round rejections race the approvals
             rejecting = round_no % 2 == 1
 
             async def decide(i: int, api: Api, wid=wid, rejecting=rejecting):
-                if rejecting and i == APPROVERS:
+                if rejecting and i >= APPROVERS:
                     return await api.post(
                         f"/settlement/withdrawals/{wid}/reject", json={"reason": "race"}
                     )
                 return await api.post(f"/settlement/withdrawals/{wid}/approve")
 
-            n = APPROVERS + 1 if rejecting else APPROVERS
+            n = APPROVERS + REJECTERS if rejecting else APPROVERS
             calls = [decide(i, a) for i, a in enumerate(approvers[:n])]
             if round_no % 4 == 1:
-                calls.reverse()  # the rejection sent first
+                calls.reverse()  # the rejections sent first
             # the payout retry job runs at the same time: it must not pay a second time
             *results, _, _ = await asyncio.gather(*calls, retry_payouts(sdb), retry_payouts(sdb))
             codes = sorted(r.status_code for r in results)
@@ -187,8 +188,8 @@ async def test_concurrent_approvals_and_a_racing_rejection_pay_once(gateway_url)
     for wid, _, status in decided:
         assert transfers[str(wid)] == (1 if status == "paid" else 0), (wid, status)
     print(
-        f"\npayout race: {ROUNDS} withdrawals x {APPROVERS} approvers (+1 rejecter every other "
-        f"round) and 2 payout retry jobs at once, {FIGURES['decisions']} decisions: "
+        f"\npayout race: {ROUNDS} withdrawals x {APPROVERS} approvers (+{REJECTERS} rejecters "
+        f"every other round) and 2 payout retry jobs at once, {FIGURES['decisions']} decisions: "
         f"{FIGURES['approvals_won']} paid with one transfer each ({FIGURES['paid_by_the_job']} paid by the retry job), "
         f"{FIGURES['rejections_won']} rejected with none"
     )
