@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 from celery import Celery
+from celery.exceptions import Reject
 from celery.signals import (
     beat_init,
     before_task_publish,
@@ -89,6 +90,35 @@ celery.conf.update(
         },
     },
 )
+
+
+def _survive_a_broker_lost_with_unacked_tasks() -> None:
+    """kombu 5.7's Redis transport: once the worker's broker connection dropped, its
+    teardown (`collect()` lets go of the transport) leaves channels whose connection is
+    gone, and the next broker call through one of them (requeueing the tasks the worker
+    had taken, acknowledging a task that finished meanwhile) raised AttributeError
+    instead of a connection error. The worker takes that for an unrecoverable error and
+    exits, so a broker restart stopped every event until someone restarted the worker.
+    Such a call now raises the connection error it is, which kombu and Celery already
+    handle (the tasks stay in the broker's unacked set and come back after
+    BROKER_VISIBILITY_TIMEOUT_S)."""
+    from kombu.transport import redis as kombu_redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    original = kombu_redis.Channel._connparams
+    if getattr(original, "survives_lost_broker", False):
+        return
+
+    def _connparams(self, asynchronous=False):
+        if self.connection is None or self.connection.client is None:
+            raise RedisConnectionError("this channel's broker connection is closed")
+        return original(self, asynchronous=asynchronous)
+
+    _connparams.survives_lost_broker = True
+    kombu_redis.Channel._connparams = _connparams
+
+
+_survive_a_broker_lost_with_unacked_tasks()
 
 _loop: asyncio.AbstractEventLoop | None = None
 
@@ -209,15 +239,43 @@ def _count_retry(sender=None, **_: Any) -> None:
     TASK_RETRIES.labels(task=getattr(sender, "name", "unknown")).inc()
 
 
+def _broker_errors() -> tuple[type[BaseException], ...]:
+    """What publishing raises when the broker is unreachable."""
+    from kombu.exceptions import OperationalError
+
+    with celery.connection_for_write() as conn:
+        return (OperationalError, *conn.connection_errors)
+
+
+def _give_back(env: dict[str, Any], error: Exception) -> None:
+    """The broker went away while this event was on its way to a consumer: mark it
+    unpublished in its producer's outbox, so the sweep sends it again once the broker is
+    back. Nothing else is trusted with it: the failed task's message may be acknowledged
+    or lost with the connection. Consumers that had it already drop the repeat."""
+    from .db import get_db
+    from .events import unpublish
+
+    log.warning(
+        "event_handed_back_to_outbox",
+        event_id=env.get("id"),
+        topic=env.get("topic"),
+        producer=env.get("producer"),
+        error=str(error),
+    )
+    if env.get("producer") in SERVICES:
+        run(unpublish(get_db(env["producer"]), env["id"]))
+
+
 @celery.task(name="events.dispatch")
 def dispatch(events: dict[str, Any] | list[dict[str, Any]]) -> int:
     """Hand each event (one, or a relay's batch of them) to its subscribers.
 
-    An event with a single subscriber (most: `order.paid`, `order.placed`, ...) is
+    An event with a single subscriber (`order.paid`, `order.completed`, ...) is
     applied right here; others fan out, one task per subscriber, so each retries on its
     own. A failure goes the same retrying way as a fanned-out event; the inbox makes
     any repeat harmless. Each event is handled under its own request id."""
     batch = [events] if isinstance(events, dict) else events
+    handed = 0
     for env in batch:
         rid = env.get("request_id")
         if rid:
@@ -225,31 +283,37 @@ def dispatch(events: dict[str, Any] | list[dict[str, Any]]) -> int:
         else:
             structlog.contextvars.unbind_contextvars("request_id")
         log.debug("event_dispatched", topic=env.get("topic"), event_id=env.get("id"))
-        _dispatch_one(env)
-    return len(batch)
+        handed += _dispatch_one(env)
+    return handed
 
 
-def _dispatch_one(env: dict[str, Any]) -> None:
+def _dispatch_one(env: dict[str, Any]) -> int:
+    """How many subscribers the event went to (0: handed back to its outbox)."""
     from .db import get_db
     from .events import consume, subscribers_of
 
     subs = subscribers_of(env["topic"])
-    if len(subs) == 1:
-        (sub,) = subs
-        try:
-            run(consume(get_db(sub.service), sub, env))
-        except Exception as exc:
-            log.warning(
-                "event_consume_failed",
-                consumer=sub.name,
-                event_id=env.get("id"),
-                topic=env.get("topic"),
-                error=str(exc),
-            )
-            consume_event.apply_async(args=[sub.name, env], countdown=1)
-        return
-    for sub in subs:
-        consume_event.apply_async(args=[sub.name, env])
+    try:
+        if len(subs) == 1:
+            (sub,) = subs
+            try:
+                run(consume(get_db(sub.service), sub, env))
+            except Exception as exc:
+                log.warning(
+                    "event_consume_failed",
+                    consumer=sub.name,
+                    event_id=env.get("id"),
+                    topic=env.get("topic"),
+                    error=str(exc),
+                )
+                consume_event.apply_async(args=[sub.name, env], countdown=1)
+            return 1
+        for sub in subs:
+            consume_event.apply_async(args=[sub.name, env])
+        return len(subs)
+    except _broker_errors() as exc:
+        _give_back(env, exc)
+        return 0
 
 
 @celery.task(name="events.consume", bind=True, max_retries=_settings.event_max_retries)
@@ -268,15 +332,30 @@ def consume_event(self, subscription_name: str, env: dict[str, Any]) -> bool:
             topic=env.get("topic"),
             error=str(exc),
         )
-        raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from exc
+        try:
+            retry = self.retry(exc=exc, countdown=min(60, 2**self.request.retries), throw=False)
+        except Reject as lost:
+            # the retry could not be queued: the broker is gone too
+            _give_back(env, lost)
+            return False
+        raise retry from exc
 
 
 @celery.task(name="events.sweep_outboxes")
 def sweep_outboxes() -> int:
+    """Relay what a crash left in an outbox. A broker that restarted may have lost events
+    it held but had not delivered (all of them without its data), so those published
+    within OUTBOX_REPLAY_WINDOW_S go out again first (the inbox makes repeats no-ops); the
+    broker is marked as seen only once they are marked for the relay."""
     from .db import get_db
-    from .events import relay_outbox
+    from .events import broker_restarted, mark_broker, relay_outbox, replay_recent
 
     async def sweep() -> int:
+        if await asyncio.to_thread(broker_restarted):
+            window = get_settings().outbox_replay_window_s
+            replayed = sum([await replay_recent(get_db(s), window) for s in SERVICES])
+            await asyncio.to_thread(mark_broker)
+            log.warning("broker_restarted_events_replayed", events=replayed)
         return sum([await relay_outbox(get_db(s)) for s in SERVICES])
 
     return run(sweep())

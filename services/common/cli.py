@@ -463,5 +463,91 @@ def restore(
     console.print(f"[green]restored[/] {dump} into {_masked(url)}")
 
 
+@app.command()
+def drill(
+    database_url: str = typer.Option(None, help="the source; defaults to DATABASE_URL"),
+    output: Path = typer.Option(
+        None, "--output", "-o", help="keep the dump here (else a temporary file)"
+    ),
+    keep: bool = typer.Option(False, help="keep the restored database instead of dropping it"),
+) -> None:
+    """The backup/restore drill: dump, restore into a NEW database, check the ledger's
+    invariants there and compare row counts and balances with the source (exit 1 on any
+    difference)."""
+    import tempfile
+    from datetime import UTC, datetime
+
+    from sqlalchemy.engine import make_url
+
+    from . import devstack
+    from . import drill as d
+
+    url = _libpq_url(database_url or _settings().database_url)
+    source_name = make_url(url).database or "groupbuy"
+    target_name = f"{source_name}_drill_{datetime.now(UTC):%Y%m%d%H%M%S}"
+    with tempfile.TemporaryDirectory(prefix="groupbuy-drill-") as tmp:
+        dump = output or Path(tmp) / "drill.dump"
+        dump.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        try:
+            conn, snapshot = d.export_snapshot(url)
+        except Exception as e:  # noqa: BLE001 - any connection failure ends the drill
+            _fail(f"cannot open {_masked(url)}: {type(e).__name__}")
+        try:
+            source = d.read_figures(conn)
+            argv = [_pg_tool("pg_dump"), "--format=custom", "--no-owner"]
+            argv += ["--snapshot", snapshot, "--file", str(dump)]
+            _run_pg_tool(argv, f"dumping {_masked(url)}", url)
+        finally:
+            conn.close()
+        dumped = time.monotonic()
+        target = devstack.create_database(url, target_name)
+        try:
+            argv = [_pg_tool("pg_restore"), "--no-owner", "--exit-on-error", "--single-transaction"]
+            _run_pg_tool([*argv, str(dump)], f"restoring into {_masked(target)}", target)
+            restored_at = time.monotonic()
+            invariants = asyncio.run(d.ledger_problems(target))
+            with psycopg_connect(target) as conn:
+                restored = d.read_figures(conn)
+            differences = d.compare(source, restored)
+        finally:
+            if not keep:
+                devstack.drop_database(url, target_name)
+        checked = time.monotonic()
+    console.print(
+        f"dump: {dump.name if output is None else dump} of {_masked(url)}, "
+        f"{len(source.counts)} tables, {source.rows} rows, {len(source.balances)} ledger "
+        f"accounts ({dumped - started:.1f} s)"
+    )
+    console.print(
+        f"restore into new database {target_name} ({restored_at - dumped:.1f} s)"
+        + (", kept" if keep else ", dropped after the checks")
+    )
+    for p in invariants:
+        console.print(f"[red]ledger: {p}[/]")
+    console.print(
+        "ledger invariants hold on the restored copy"
+        if not invariants
+        else f"[red]{len(invariants)} ledger invariant(s) broken on the restored copy[/]"
+    )
+    for p in differences:
+        console.print(f"[red]{p}[/]")
+    console.print(
+        f"{len(restored.counts)} tables and {len(restored.balances)} balances equal the source"
+        if not differences
+        else f"[red]{len(differences)} difference(s) from the source[/]"
+    )
+    console.print(f"checks {checked - restored_at:.1f} s, drill {checked - started:.1f} s")
+    if invariants or differences:
+        raise typer.Exit(1)
+    console.print("[green]drill passed[/]")
+
+
+def psycopg_connect(url: str):
+    import psycopg
+
+    return psycopg.connect(url, connect_timeout=10)
+
+
 if __name__ == "__main__":
     app()

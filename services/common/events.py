@@ -174,6 +174,66 @@ _pumps: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Pump]] =
 )
 
 
+def broker_mark_key() -> str:
+    from .settings import get_settings
+
+    return f"groupbuy:broker-mark:{get_settings().celery_queue}"
+
+
+def _redis_run_id(client) -> str:
+    return str(client.info("server").get("run_id", ""))
+
+
+def broker_restarted() -> bool:
+    """True when the broker is not the one the sweep last marked: it restarted (a new
+    `run_id`), or lost its data (the mark is gone), or is new. Whatever it held but had not
+    delivered may be gone: without its data everything queued, and even with it a task a
+    worker had popped but not yet recorded as unacknowledged when the broker died. Only a
+    Redis broker can be asked; RabbitMQ keeps durable queues across restarts."""
+    from .celery_app import celery
+
+    with celery.connection_for_write() as conn:
+        if conn.transport.driver_type != "redis":
+            return False
+        client = conn.default_channel.client
+        mark = client.get(broker_mark_key())
+        mark = mark.decode() if isinstance(mark, bytes) else mark
+        return mark != _redis_run_id(client)
+
+
+def mark_broker() -> None:
+    from .celery_app import celery
+
+    with celery.connection_for_write() as conn:
+        if conn.transport.driver_type == "redis":
+            client = conn.default_channel.client
+            client.set(broker_mark_key(), _redis_run_id(client))
+
+
+async def replay_recent(db, window_s: float) -> int:
+    """Mark events published within the window as unpublished, so the relay sends them
+    again: the broker that held them lost them."""
+    async with db.transaction() as s:
+        return (
+            await s.execute(
+                text(
+                    f"UPDATE {db.schema}.outbox SET published_at = NULL "
+                    "WHERE published_at >= now() - make_interval(secs => :w)"
+                ),
+                {"w": window_s},
+            )
+        ).rowcount
+
+
+async def unpublish(db, event_id: str) -> None:
+    """Hand an event back to the relay (a broker lost it on its way to a consumer)."""
+    async with db.transaction() as s:
+        await s.execute(
+            text(f"UPDATE {db.schema}.outbox SET published_at = NULL WHERE id = :id"),
+            {"id": uuid.UUID(event_id)},
+        )
+
+
 def kick(db) -> None:
     """Relay right after a commit, without making the request wait for the broker; the
     periodic sweep publishes whatever this misses.

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
 
     # --- events and schedules -------------------------------------------------------------
     outbox_sweep_interval_s: float = 5.0
+    # a broker found restarted gets the events published this recently again (consumers'
+    # inboxes make the repeats no-ops)
+    outbox_replay_window_s: float = 3600.0
     reservation_expiry_interval_s: float = 60.0
     completion_interval_s: float = 60.0
     cutoff_check_interval_s: float = 60.0
