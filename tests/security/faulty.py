@@ -25,8 +25,8 @@ from tests.conftest import DATA
 
 RETRYABLE = {502, 503, 504}
 # callers give up on a peer or the provider after TIMEOUT_S; a `late` answer comes after
-TIMEOUT_S = 3.0
-LATE_S = 3.5
+TIMEOUT_S = 2.0
+LATE_S = 2.5
 PROXIED = (*SERVICES, "payments")
 
 
@@ -115,6 +115,7 @@ def start_faulty_platform(infra, *, seed: int, name: str = "faults") -> FaultyPl
         # an approved payout whose answer was lost is looked for and retried in seconds
         "PAYOUT_RETRY_AFTER_S": "2",
         "PAYOUT_RETRY_INTERVAL_S": "1",
+        "REFUND_RETRY_INTERVAL_S": "1",
         "WORKER_METRICS_PORT": "0",
         # the shared PostgreSQL serves other runs too: a smaller burst per process
         "DB_MAX_OVERFLOW": "3",
