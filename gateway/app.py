@@ -244,8 +244,11 @@ def create_app() -> FastAPI:
                 f"{service} did not answer in time",
                 headers={"x-request-id": rid},
             )
-        except httpx.TransportError:
-            log.warning("upstream_unavailable", service=service, path=path)
+        except (httpx.TransportError, AttributeError) as e:
+            # AttributeError: httpcore asks a socket the service closed while the
+            # connection was being set up for its peer (a service going away mid-restart);
+            # it is the same unavailable service, not a gateway bug worth a 500
+            log.warning("upstream_unavailable", service=service, path=path, error=repr(e)[:200])
             return problem(
                 503,
                 "service_unavailable",

@@ -76,7 +76,9 @@ class ServiceClient:
             )
         except httpx.TimeoutException as e:
             raise PeerTimeout(f"{self.service} did not answer in time") from e
-        except httpx.TransportError as e:
+        except (httpx.TransportError, AttributeError) as e:
+            # AttributeError: httpcore reading the peer address of a socket the peer
+            # closed while it was being set up (the peer restarting): unavailable too
             raise PeerUnavailable(f"{self.service} is unavailable") from e
         if resp.status_code >= 400:
             try:
