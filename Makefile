@@ -22,9 +22,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# the long variants of the reliability suite: a larger fuzzing budget (see docs/RELIABILITY.md)
+# the long variants of the reliability suite: a larger fuzzing budget, more race rounds,
+# a busier sale day through the fault proxy (see docs/RELIABILITY.md)
 test-chaos: $(STAMP)
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-25} RACE_ROUNDS=$${RACE_ROUNDS:-40} $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/security
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-25} RACE_ROUNDS=$${RACE_ROUNDS:-40} \
+	FAULT_SHOPPERS=$${FAULT_SHOPPERS:-40} RESTART_SHOPPERS=$${RESTART_SHOPPERS:-30} \
+	$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/security
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

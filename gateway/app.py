@@ -263,8 +263,8 @@ def create_app() -> FastAPI:
                 f"{service} did not answer in time",
                 headers={"x-request-id": rid},
             )
-        except aiohttp.ClientError:
-            log.warning("upstream_unavailable", service=service, path=path)
+        except aiohttp.ClientError as e:
+            log.warning("upstream_unavailable", service=service, path=path, error=repr(e)[:200])
             return problem(
                 503,
                 "service_unavailable",

@@ -67,7 +67,10 @@ celery.conf.update(
             "task": "catalog.release_orphaned_reservations",
             "schedule": _settings.reservation_expiry_interval_s,
         },
-        "execute-refunds": {"task": "orders.execute_pending_refunds", "schedule": 30.0},
+        "execute-refunds": {
+            "task": "orders.execute_pending_refunds",
+            "schedule": _settings.refund_retry_interval_s,
+        },
         "complete-orders": {
             "task": "orders.complete_orders_past_window",
             "schedule": _settings.completion_interval_s,

@@ -369,8 +369,13 @@ def start_platform(
     gateway_host: str = "127.0.0.1",
     seed: Callable[[], None] | None = None,
     handles: list | None = None,
+    peers: dict[str, str] | None = None,
 ) -> Platform:
-    """Migrate, then start payments fake (if needed), services, gateway, worker, beat."""
+    """Migrate, then start payments fake (if needed), services, gateway, worker, beat.
+
+    `peers` overrides where the processes reach each other and the provider
+    (`ORDERS_URL`, `PAYMENTS_API_BASE`, ...), e.g. through a fault-injecting proxy;
+    the platform itself still listens on `ports`."""
     from .migrations import upgrade_all
 
     env = dict(os.environ)
@@ -408,6 +413,7 @@ def start_platform(
                 alive=lambda: supervisor.procs["payments"].poll() is None,
             )
         env["PAYMENTS_API_BASE"] = payments_base
+        env.update(peers or {})
         upgrade_all(database_url)
         for s in SERVICES:
             platform.start_service(s)

@@ -93,6 +93,28 @@ class ServiceClient:
         return (self._base_url or get_settings().service_url(self.service)).rstrip("/")
 
     async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        retries: int = 0,
+    ) -> Any:
+        """`retries`: how many more times to send a call whose outcome is unknown (the
+        peer unreachable, its answer lost or late). Only for calls the peer makes
+        idempotent (a read, or a write keyed by our own id): the peer may have acted."""
+        for attempt in range(retries + 1):
+            try:
+                return await self._request_once(method, path, json=json, params=params)
+            except (PeerUnavailable, PeerTimeout):
+                if attempt == retries:
+                    raise
+                log.warning("peer_call_retried", peer=self.service, path=path, attempt=attempt + 1)
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def _request_once(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
     ) -> Any:
         headers = {}

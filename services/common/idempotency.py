@@ -6,10 +6,14 @@ Keys are scoped per caller (token subject) and stored in the service's own schem
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 from datetime import timedelta
 
+import structlog
 from sqlalchemy import Column, DateTime, Integer, LargeBinary, String, Table, func, text
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,7 +21,24 @@ from .auth import verify_token
 from .clock import clock
 from .errors import DomainError, problem
 
-IN_PROGRESS_GRACE = timedelta(seconds=60)
+# A request holding a key refreshes its claim every CLAIM_HEARTBEAT; a claim left alone
+# longer than IN_PROGRESS_GRACE belonged to a process that died (SIGKILL, OOM, a lost
+# node), and the client's retry takes it over instead of being refused for a minute.
+CLAIM_HEARTBEAT = timedelta(seconds=2)
+IN_PROGRESS_GRACE = timedelta(seconds=10)
+log = structlog.get_logger()
+
+
+def _database_unavailable():
+    # this middleware runs outside the app's error handlers: answer as they would, a
+    # retryable 503, not a 500 that tells the client its request is wrong
+    return problem(
+        503,
+        "database_unavailable",
+        "The database is unavailable",
+        "try again shortly",
+        headers={"retry-after": "1"},
+    )
 
 
 def idempotency_table(schema: str) -> Table:
@@ -73,7 +94,11 @@ class IdempotencyMiddleware:
         scoped = f"{subject}:{scope['path']}:{key}"
         digest = hashlib.sha256(body).hexdigest()
 
-        replay = await self._claim(scoped, digest)
+        try:
+            replay = await self._claim(scoped, digest)
+        except (DBAPIError, OSError) as e:
+            log.warning("database_unavailable", path=scope["path"], error=str(e)[:300])
+            return await _database_unavailable()(scope, receive, send)
         if replay is not None:
             return await replay(scope, receive, send)
 
@@ -101,10 +126,19 @@ class IdempotencyMiddleware:
                 chunks.append(message.get("body", b""))
             await send(message)
 
+        heartbeat = asyncio.create_task(self._keep_claim(scoped))
         try:
             await self.app(scope, replay_receive, capture)
         finally:
-            await self._finish(scoped, status, content_type, b"".join(chunks))
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            try:
+                await self._finish(scoped, status, content_type, b"".join(chunks))
+            except (DBAPIError, OSError) as e:
+                # the answer is already sent and cannot change; the key stays 'started',
+                # so a retry is told the request is in progress until the grace passes
+                log.warning("idempotency_not_recorded", path=scope["path"], error=str(e)[:300])
 
     async def _claim(self, scoped: str, digest: str):
         schema = self.db.schema
@@ -164,6 +198,23 @@ class IdempotencyMiddleware:
                 {"k": scoped, "now": clock.now()},
             )
             return None
+
+    async def _keep_claim(self, scoped: str) -> None:
+        """While the request runs, show it is alive (only long requests ever write)."""
+        schema = self.db.schema
+        while True:
+            await asyncio.sleep(CLAIM_HEARTBEAT.total_seconds())
+            try:
+                async with self.db.transaction() as s:
+                    await s.execute(
+                        text(
+                            f"UPDATE {schema}.idempotency_keys SET created_at = :now "
+                            "WHERE key = :k AND status = 'started'"
+                        ),
+                        {"k": scoped, "now": clock.now()},
+                    )
+            except (DBAPIError, OSError) as e:
+                log.warning("idempotency_heartbeat_failed", error=str(e)[:300])
 
     async def _finish(self, scoped: str, status: int, content_type: str, body: bytes) -> None:
         schema = self.db.schema

@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     # an approved payout with no recorded result after this long is retried
     payout_retry_after_s: int = 300
     payout_retry_interval_s: float = 300.0
+    # owed refunds the provider has not taken yet (unreachable, answer lost) are sent
+    # again this often, each with its key `refund:<id>`
+    refund_retry_interval_s: float = 30.0
     reconciliation_interval_s: float = 86400.0
 
     # the worker serves its tasks' counters here (0: off); needs PROMETHEUS_MULTIPROC_DIR

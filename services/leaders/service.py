@@ -187,6 +187,9 @@ def great_circle_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
 
 async def nearby(s: AsyncSession, lat: float, lng: float, limit: int, offset: int) -> list[dict]:
     radius_m = get_settings().nearby_radius_km * 1000
+    # to ~1 cm: PostgreSQL's float arithmetic raises on underflow, so a coordinate like
+    # 5e-324 made the distance formula fail (a 500); no real position is that precise
+    lat, lng = round(lat, 7), round(lng, 7)
     rows = (
         await s.execute(
             text(

@@ -21,7 +21,7 @@ from sqlmodel import select
 from services.common.auth import Principal
 from services.common.background import after_response
 from services.common.clock import clock
-from services.common.errors import Conflict, Forbidden, NotFound
+from services.common.errors import Conflict, Forbidden, NotFound, PeerTimeout, PeerUnavailable
 from services.common.events import emit, kick, outbox_rows_sql
 from services.common.http import ServiceClient
 from services.common.payments import PaymentDeclined, ProviderRejected, get_provider
@@ -34,6 +34,9 @@ log = structlog.get_logger()
 SCHEMA = "orders"
 catalog_client = ServiceClient("catalog")
 leaders_client = ServiceClient("leaders")
+# a peer call whose outcome is unknown (connection cut, answer lost) is asked again this
+# many times when the peer makes it idempotent
+PEER_RETRIES = 3
 
 S = OrderStatus
 # The lifecycle (DOMAIN.md "Group orders"): target status -> statuses it may come from.
@@ -210,22 +213,42 @@ async def place_order(db, who: Principal, items: list[dict]) -> tuple[GroupOrder
 
     # the leader lookup and the id are independent: one round trip's wait, not two
     leader, order_id = await asyncio.gather(
-        leaders_client.get(f"/internal/shoppers/{who.user_id}/leader"), order_id_blocks.next(db)
+        leaders_client.get(f"/internal/shoppers/{who.user_id}/leader", retries=PEER_RETRIES),
+        order_id_blocks.next(db),
     )
     if not leader["accepts_orders"]:
         raise LeaderSuspended("your leader's group is not taking orders right now")
-    held = await catalog_client.post(
-        "/internal/reservations",
-        json={"order_id": order_id, "shopper_id": who.user_id, "items": items},
-    )
+    try:
+        # keyed by the order id: asked again, the catalog answers as the first time, so
+        # an answer lost after the stock was held is recovered instead of held twice
+        held = await catalog_client.post(
+            "/internal/reservations",
+            json={"order_id": order_id, "shopper_id": who.user_id, "items": items},
+            retries=PEER_RETRIES,
+        )
+    except (PeerUnavailable, PeerTimeout):
+        # the catalog may have held stock we will never record: give it back now (the
+        # client's retry gets a new order id) rather than after the orphan sweep's grace
+        await _release_quietly(order_id)
+        raise
     try:
         async with db.transaction() as s:
             placed = await _insert_order(s, order_id, who.user_id, leader, held)
     except Exception:
         # the stock must not stay held for an order that was never recorded
-        await catalog_client.post(f"/internal/reservations/{order_id}/release")
+        await _release_quietly(order_id)
         raise
     return placed
+
+
+async def _release_quietly(order_id: int) -> None:
+    """Best effort: what this cannot release, the catalog's orphan sweep does later."""
+    try:
+        await catalog_client.post(
+            f"/internal/reservations/{order_id}/release", retries=PEER_RETRIES
+        )
+    except (PeerUnavailable, PeerTimeout):
+        log.warning("reservation_release_deferred", order_id=order_id)
 
 
 async def _insert_order(

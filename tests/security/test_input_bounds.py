@@ -84,3 +84,11 @@ async def test_a_second_deal_for_the_same_product_and_day_is_409(world):
     assert (await ops.post("/catalog/days/2031-02-03/deals", json=deal)).status_code == 201
     r = await ops.post("/catalog/days/2031-02-03/deals", json=deal)
     assert r.status_code == 409 and problem_of(r)["code"] == "duplicate_deal", r.text
+
+
+async def test_a_subnormal_coordinate_is_answered_not_a_500(gateway_url):
+    """Found by the fuzzer: lat=-5e-324 underflowed PostgreSQL's float arithmetic."""
+    async with httpx.AsyncClient(base_url=gateway_url) as c:
+        for lat, lng in (("-5e-324", "-35.1"), ("31.2304", "5e-324"), ("1e-310", "1e-310")):
+            r = await c.get("/leaders/nearby", params={"lat": lat, "lng": lng})
+            assert r.status_code == 200, r.text
