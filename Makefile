@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-unit test-chaos lint format bench clean
+.PHONY: install run test test-unit test-chaos lint format bench bench-cpu clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,3 +45,7 @@ clean:
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)
+
+# CPU per order, per process: where placing (and paying) an order spends its time
+bench-cpu: $(STAMP)
+	$(BIN)/python -m bench.cpu
