@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     # the evaluation records one result per leader per day, so running hourly is safe
     tier_evaluation_interval_s: float = 3600.0
     commission_release_interval_s: float = 600.0
-    commission_release_batch: int = 1000
+    commission_release_batch: int = 5000
     # an approved payout with no recorded result after this long is retried
     payout_retry_after_s: int = 300
     payout_retry_interval_s: float = 300.0
