@@ -1,0 +1,160 @@
+"""The order kernel: the one way a status changes (`transition`), the peers asked
+synchronously, reading orders and who may read them.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import select
+
+from services.common.auth import Principal
+from services.common.clock import clock
+from services.common.errors import Conflict, Forbidden, NotFound
+from services.common.events import outbox_rows_sql
+from services.common.http import ServiceClient
+
+from ..models import GroupOrder, OrderLine, OrderStatus
+
+log = structlog.get_logger()
+SCHEMA = "orders"
+catalog_client = ServiceClient("catalog")
+leaders_client = ServiceClient("leaders")
+# a peer call whose outcome is unknown (connection cut, answer lost) is asked again this
+# many times when the peer makes it idempotent
+PEER_RETRIES = 3
+
+S = OrderStatus
+# The lifecycle (DOMAIN.md "Group orders"): target status -> statuses it may come from.
+TRANSITIONS: dict[OrderStatus, tuple[OrderStatus, ...]] = {
+    S.paid: (S.pending_payment,),
+    S.confirmed: (S.paid,),
+    S.ready_for_pickup: (S.confirmed,),
+    S.picked_up: (S.ready_for_pickup,),
+    S.completed: (S.picked_up,),
+    S.cancelled: (S.pending_payment, S.paid),
+}
+_STAMP = {
+    S.paid: "paid_at",
+    S.confirmed: "confirmed_at",
+    S.ready_for_pickup: "ready_at",
+    S.picked_up: "picked_up_at",
+    S.completed: "completed_at",
+    S.cancelled: "cancelled_at",
+}
+
+
+class OrderNotFound(NotFound):
+    code = "order_not_found"
+
+
+class NotYourOrder(Forbidden):
+    code = "not_your_order"
+
+
+class LeaderSuspended(Conflict):
+    code = "leader_suspended"
+
+
+class OrderNotPayable(Conflict):
+    code = "order_not_payable"
+
+
+async def transition(
+    s: AsyncSession,
+    to: OrderStatus,
+    where: str,
+    params: dict[str, Any],
+    extra_set: str = "",
+    emit_topic: str | None = None,
+    emit_payload: str = "",
+) -> list[Any]:
+    """Move every order matching `where` (and an allowed from-status) to `to`.
+
+    With `emit_topic`, the same statement writes one outbox event per moved order
+    (`emit_payload` is a jsonb expression over the moved row), however many there are.
+    """
+    allowed = ", ".join(f"'{f.value}'" for f in TRANSITIONS[to])
+    sets = f"status = '{to.value}', {_STAMP[to]} = :now" + (f", {extra_set}" if extra_set else "")
+    update = (
+        f"UPDATE {SCHEMA}.orders SET {sets} WHERE status IN ({allowed}) AND ({where}) "
+        "RETURNING id, shopper_id, leader_id, sale_date, total_fen, refunded_fen"
+    )
+    now = clock.now()
+    if emit_topic is None:
+        rows = await s.execute(text(update), {"now": now, **params})
+        return list(rows.all())
+    sql = (
+        f"WITH moved AS ({update}), events AS ("
+        + outbox_rows_sql(SCHEMA, emit_topic, "moved", emit_payload)
+        + ") SELECT * FROM moved"
+    )
+    rows = await s.execute(text(sql), {"now": now, "occurred_at": now.isoformat(), **params})
+    return list(rows.all())
+
+
+async def load_order(s: AsyncSession, order_id: int, *, lock: bool = False) -> GroupOrder:
+    q = select(GroupOrder).where(GroupOrder.id == order_id)
+    if lock:
+        q = q.with_for_update()
+    order = (await s.execute(q)).scalar_one_or_none()
+    if order is None:
+        raise OrderNotFound(f"order {order_id} does not exist")
+    return order
+
+
+def authorize_read(order: GroupOrder, who: Principal) -> None:
+    if who.is_staff or order.shopper_id == who.user_id:
+        return
+    if who.leader_id is not None and order.leader_id == who.leader_id:
+        return
+    raise NotYourOrder("this order is not yours")
+
+
+async def lines_of(s: AsyncSession, order_ids: list[int]) -> dict[int, list[OrderLine]]:
+    out: dict[int, list[OrderLine]] = {i: [] for i in order_ids}
+    if not order_ids:
+        return out
+    rows = (
+        await s.execute(
+            select(OrderLine).where(OrderLine.order_id.in_(order_ids)).order_by(OrderLine.id)
+        )
+    ).scalars()
+    for line in rows:
+        out[line.order_id].append(line)
+    return out
+
+
+async def existing_order_ids(s: AsyncSession, order_ids: list[int]) -> list[int]:
+    rows = await s.execute(
+        text("SELECT id FROM orders.orders WHERE id = ANY(:ids)"), {"ids": order_ids}
+    )
+    return list(rows.scalars())
+
+
+async def list_orders(
+    s: AsyncSession,
+    who: Principal,
+    *,
+    status: str | None,
+    pickup_date: date | None,
+    after_id: int | None,
+    limit: int,
+) -> list[GroupOrder]:
+    q = select(GroupOrder).order_by(GroupOrder.id.desc()).limit(limit + 1)
+    if not who.is_staff:
+        if who.has("leader") and who.leader_id is not None:
+            q = q.where(GroupOrder.leader_id == who.leader_id)
+        else:
+            q = q.where(GroupOrder.shopper_id == who.user_id)
+    if status:
+        q = q.where(GroupOrder.status == status)
+    if pickup_date:
+        q = q.where(GroupOrder.pickup_date == pickup_date)
+    if after_id:
+        q = q.where(GroupOrder.id < after_id)
+    return list((await s.execute(q)).scalars())

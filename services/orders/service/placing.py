@@ -1,0 +1,191 @@
+"""Placing an order (leader snapshot, stock held, order recorded; all or nothing),
+cancelling an unpaid one, and expiring unpaid reservations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.common.auth import Principal
+from services.common.clock import clock
+from services.common.errors import Conflict, PeerTimeout, PeerUnavailable
+from services.common.events import emit, kick
+from services.common.settings import get_settings
+
+from ..models import GroupOrder, OrderLine
+from ..rules import reservation_expiry
+from .core import (
+    PEER_RETRIES,
+    SCHEMA,
+    LeaderSuspended,
+    NotYourOrder,
+    S,
+    catalog_client,
+    leaders_client,
+    load_order,
+    log,
+    transition,
+)
+
+
+class IdBlocks:
+    """Order ids taken from the sequence a block at a time: one round trip per block
+    instead of a transaction per order. Ids stay unique; across processes they are not
+    in creation order, which nothing relies on (lists page by id, which stays unique)."""
+
+    def __init__(self, sequence: str, size: int = 50) -> None:
+        self.sequence, self.size = sequence, size
+        self._ids: list[int] = []
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def next(self, db) -> int:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._lock, self._loop, self._ids = asyncio.Lock(), loop, []
+        assert self._lock is not None
+        async with self._lock:
+            if not self._ids:
+                async with db.session() as s:
+                    rows = await s.execute(
+                        text(f"SELECT nextval('{self.sequence}') FROM generate_series(1, :n)"),
+                        {"n": self.size},
+                    )
+                    self._ids = sorted((r[0] for r in rows), reverse=True)
+            return self._ids.pop()
+
+
+order_id_blocks = IdBlocks("orders.orders_id_seq")
+
+
+async def place_order(db, who: Principal, items: list[dict]) -> tuple[GroupOrder, list[OrderLine]]:
+    """Snapshot the leader and prices, hold stock, record the order; all or nothing.
+
+    Returns the rows as inserted, so the caller need not read them back."""
+
+    # the leader lookup and the id are independent: one round trip's wait, not two
+    leader, order_id = await asyncio.gather(
+        leaders_client.get(f"/internal/shoppers/{who.user_id}/leader", retries=PEER_RETRIES),
+        order_id_blocks.next(db),
+    )
+    if not leader["accepts_orders"]:
+        raise LeaderSuspended("your leader's group is not taking orders right now")
+    try:
+        # keyed by the order id: asked again, the catalog answers as the first time, so
+        # an answer lost after the stock was held is recovered instead of held twice
+        held = await catalog_client.post(
+            "/internal/reservations",
+            json={"order_id": order_id, "shopper_id": who.user_id, "items": items},
+            retries=PEER_RETRIES,
+        )
+    except (PeerUnavailable, PeerTimeout):
+        # the catalog may have held stock we will never record: give it back now (the
+        # client's retry gets a new order id) rather than after the orphan sweep's grace
+        await _release_quietly(order_id)
+        raise
+    try:
+        async with db.transaction() as s:
+            placed = await _insert_order(s, order_id, who.user_id, leader, held)
+    except Exception:
+        # the stock must not stay held for an order that was never recorded
+        await _release_quietly(order_id)
+        raise
+    return placed
+
+
+async def _release_quietly(order_id: int) -> None:
+    """Best effort: what this cannot release, the catalog's orphan sweep does later."""
+    try:
+        await catalog_client.post(
+            f"/internal/reservations/{order_id}/release", retries=PEER_RETRIES
+        )
+    except (PeerUnavailable, PeerTimeout):
+        log.warning("reservation_release_deferred", order_id=order_id)
+
+
+async def _insert_order(
+    s: AsyncSession, order_id: int, shopper_id: int, leader: dict, held: dict
+) -> tuple[GroupOrder, list[OrderLine]]:
+    st = get_settings()
+    now = clock.now()
+    cutoff = datetime.fromisoformat(held["cutoff_at"])
+    total = sum(line["unit_price_fen"] * line["quantity"] for line in held["lines"])
+    order = GroupOrder(
+        id=order_id,
+        shopper_id=shopper_id,
+        leader_id=leader["leader_id"],
+        leader_tier=leader["tier"],
+        # at the column's scale, so the answer built from this row reads as a stored one
+        commission_rate=Decimal(str(leader["commission_rate"])).quantize(Decimal("0.0001")),
+        sale_date=date.fromisoformat(held["sale_date"]),
+        pickup_date=date.fromisoformat(held["pickup_date"]),
+        total_fen=total,
+        currency=st.currency,
+        created_at=now,
+        expires_at=reservation_expiry(now, cutoff, st.reservation_ttl_minutes),
+    )
+    s.add(order)
+    await s.flush()
+    lines = [
+        OrderLine(
+            order_id=order_id,
+            deal_id=line["deal_id"],
+            product_id=line["product_id"],
+            product_name=line["product_name"],
+            category=line["category"],
+            unit_price_fen=line["unit_price_fen"],
+            quantity=line["quantity"],
+            group_threshold=line["group_threshold"],
+        )
+        for line in held["lines"]
+    ]
+    s.add_all(lines)
+    await s.flush()
+    lines.sort(key=lambda ln: ln.id)  # the order every read of an order uses
+    return order, lines
+
+
+async def cancel_unpaid(db, order_id: int, who: Principal) -> None:
+    async with db.transaction() as s:
+        order = await load_order(s, order_id)
+        if order.shopper_id != who.user_id:
+            raise NotYourOrder("this order is not yours")
+        moved = await transition(
+            s,
+            S.cancelled,
+            "id = :id AND status = 'pending_payment'",
+            {"id": order_id},
+            "cancel_reason = 'cancelled_by_shopper'",
+        )
+        if not moved:
+            raise Conflict(
+                f"order {order_id} is {order.status}; only unpaid orders can be cancelled",
+                code="order_not_cancellable",
+            )
+        await emit(
+            s, SCHEMA, "order.cancelled", {"order_id": order_id, "reason": "cancelled_by_shopper"}
+        )
+    kick(db)
+
+
+async def expire_unpaid_orders(db) -> int:
+    """Reservations are held 15 minutes (a setting); then the order is cancelled and the
+    catalog gets its stock back through `order.cancelled`."""
+    async with db.transaction() as s:
+        moved = await transition(
+            s,
+            S.cancelled,
+            "status = 'pending_payment' AND expires_at <= :now",
+            {},
+            "cancel_reason = 'expired'",
+            emit_topic="order.cancelled",
+            emit_payload="jsonb_build_object('order_id', id, 'reason', 'expired')",
+        )
+    if moved:
+        kick(db)
+    return len(moved)
