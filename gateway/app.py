@@ -27,6 +27,7 @@ from yarl import URL
 
 from services.common.auth import bearer_token, verify_token
 from services.common.errors import DomainError, install_error_handlers, problem
+from services.common.http import HOP_BY_HOP as HOP_BY_HOP_PROXIED
 from services.common.http import SessionPerLoop, peer_timeout
 from services.common.logging import configure_logging
 from services.common.metrics import MetricsMiddleware, metrics_response
@@ -37,19 +38,7 @@ from .routing import AUTH_PATHS, PICKUP_PATHS, ROUTES, is_public, service_for
 
 log = structlog.get_logger()
 PREFIX = "/api/v1"
-HOP_BY_HOP = {
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailers",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "content-encoding",
-}
+HOP_BY_HOP = HOP_BY_HOP_PROXIED | {"content-encoding"}  # bodies are passed on decoded
 
 
 class Upstreams:

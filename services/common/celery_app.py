@@ -269,6 +269,16 @@ def _give_back(env: dict[str, Any], error: Exception) -> None:
         run(unpublish(get_db(env["producer"]), env["id"]))
 
 
+def _log_consume_failed(sub, env: dict[str, Any], exc: Exception) -> None:
+    log.warning(
+        "event_consume_failed",
+        consumer=sub.name,
+        event_id=env.get("id"),
+        topic=env.get("topic"),
+        error=str(exc),
+    )
+
+
 @celery.task(name="events.dispatch")
 def dispatch(events: dict[str, Any] | list[dict[str, Any]]) -> int:
     """Hand each event (one, or a relay's batch of them) to its subscribers.
@@ -302,13 +312,7 @@ def _dispatch_one(env: dict[str, Any]) -> int:
             try:
                 run(consume(get_db(sub.service), sub, env))
             except Exception as exc:
-                log.warning(
-                    "event_consume_failed",
-                    consumer=sub.name,
-                    event_id=env.get("id"),
-                    topic=env.get("topic"),
-                    error=str(exc),
-                )
+                _log_consume_failed(sub, env, exc)
                 consume_event.apply_async(args=[sub.name, env], countdown=1)
             return 1
         for sub in subs:
@@ -328,13 +332,7 @@ def consume_event(self, subscription_name: str, env: dict[str, Any]) -> bool:
     try:
         return run(consume(get_db(sub.service), sub, env))
     except Exception as exc:
-        log.warning(
-            "event_consume_failed",
-            consumer=sub.name,
-            event_id=env.get("id"),
-            topic=env.get("topic"),
-            error=str(exc),
-        )
+        _log_consume_failed(sub, env, exc)
         try:
             retry = self.retry(exc=exc, countdown=min(60, 2**self.request.retries), throw=False)
         except Reject as lost:

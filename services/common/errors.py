@@ -144,6 +144,18 @@ def _is_connection_error(exc: DBAPIError) -> bool:
     )
 
 
+def database_unavailable() -> JSONResponse:
+    """The answer when the database is away: a retryable 503, not a 500 that tells the
+    client its request was wrong."""
+    return problem(
+        503,
+        "database_unavailable",
+        "The database is unavailable",
+        "try again shortly",
+        headers={"retry-after": "1"},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
@@ -172,13 +184,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
         if exc.connection_invalidated or _is_connection_error(exc):
             log.warning("database_unavailable", path=request.url.path, error=str(exc.orig))
-            return problem(
-                503,
-                "database_unavailable",
-                "The database is unavailable",
-                "try again shortly",
-                headers={"retry-after": "1"},
-            )
+            return database_unavailable()
         log.exception("unhandled_database_error", path=request.url.path)
         return problem(500, "internal_error", "Internal error", "An unexpected error occurred")
 

@@ -25,6 +25,23 @@ from .settings import get_settings
 log = structlog.get_logger()
 
 
+# headers a proxy must not pass on (RFC 9110 7.6.1), plus those it recomputes
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+
+
 def dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import verify_token
 from .clock import clock
-from .errors import DomainError, problem
+from .errors import DomainError, database_unavailable, problem
 
 # A request holding a key refreshes its claim every CLAIM_HEARTBEAT; a claim left alone
 # longer than IN_PROGRESS_GRACE belonged to a process that died (SIGKILL, OOM, a lost
@@ -30,15 +30,8 @@ log = structlog.get_logger()
 
 
 def _database_unavailable():
-    # this middleware runs outside the app's error handlers: answer as they would, a
-    # retryable 503, not a 500 that tells the client its request is wrong
-    return problem(
-        503,
-        "database_unavailable",
-        "The database is unavailable",
-        "try again shortly",
-        headers={"retry-after": "1"},
-    )
+    # this middleware runs outside the app's error handlers: answer as they would
+    return database_unavailable()
 
 
 def idempotency_table(schema: str) -> Table:

@@ -25,6 +25,10 @@ NOWHERE = 2_000_000_000  # a valid id no row will reach in a test run
 FAR_DAY = "2031-01-07"
 
 
+# headers that frame the HTTP message rather than carry API input
+FRAMING_HEADERS = {"transfer-encoding", "content-length", "host", "connection", "upgrade"}
+
+
 def _check(response) -> str | None:
     status = response.status_code
     if status == 503 and b"wechat_unavailable" in response.content:
@@ -92,6 +96,17 @@ def test_every_operation_survives_fuzzing(gateway_url, world):
             )
             statuses[response.status_code] += 1
             problem = _check(response)
+            framing = {k.lower() for k in (case.headers or {})} & FRAMING_HEADERS
+            if (
+                problem
+                and framing
+                and response.status_code == 400
+                and response.text.startswith("Invalid HTTP request")
+            ):
+                # a generated `transfer-encoding: G<?` is refused by the HTTP server's
+                # parser before any of our code sees the request: still a 4xx, never a
+                # 5xx, but its body is the server's, not our problem+json
+                problem = None
             if problem:
                 failures.append(
                     f"{op.method.upper()} {op.path} as {role}: {problem}\n"

@@ -32,20 +32,10 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from ..http import HOP_BY_HOP
+
 KINDS = ("reset", "bad_gateway", "lost_reset", "lost_502", "delay")
 LATE = "late"
-HOP_BY_HOP = {
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailers",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-}
 
 
 @dataclass
