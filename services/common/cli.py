@@ -22,6 +22,21 @@ app = typer.Typer(help="Community group-buying platform: operator commands", no_
 console = Console()
 
 
+def _run(coro):
+    """Run one command's work, then close the pooled HTTP sessions it opened (the
+    provider, the peers), so the loop does not end with them open."""
+
+    async def run():
+        from .payments import get_provider
+
+        try:
+            return await coro
+        finally:
+            await get_provider().aclose()
+
+    return asyncio.run(run())
+
+
 def _settings():
     from .settings import Settings, override_settings
 
@@ -73,7 +88,7 @@ def run(host: str = typer.Option("127.0.0.1", help="interface the gateway listen
     def seed() -> None:
         from .seed import seed_demo
 
-        result = asyncio.run(seed_demo())
+        result = _run(seed_demo())
         console.print(
             f"Demo seeded: sale day {result['sale_date']} published, leaders "
             + ", ".join(f"dev:{n}" for n in result["leaders"])
@@ -275,7 +290,7 @@ def seed_demo_cmd() -> None:
 
     _settings()
     with console.status("seeding demo data..."):
-        result = asyncio.run(seed_demo())
+        result = _run(seed_demo())
     console.print(result)
 
 
@@ -293,7 +308,7 @@ def close_day(day: str = typer.Argument(..., help="sale date, YYYY-MM-DD")) -> N
     _settings()
     try:
         with console.status(f"closing sale day {sale_date}..."):
-            result = asyncio.run(close_sale_day(get_db("catalog"), sale_date))
+            result = _run(close_sale_day(get_db("catalog"), sale_date))
     except Exception as e:  # noqa: BLE001
         _fail(f"cutoff failed: {e}")
     console.print(result)
@@ -309,7 +324,7 @@ def evaluate_tiers() -> None:
     _settings()
     try:
         with console.status("evaluating leaders' tiers..."):
-            changes = asyncio.run(run_evaluations(get_db("leaders")))
+            changes = _run(run_evaluations(get_db("leaders")))
     except Exception as e:  # noqa: BLE001
         _fail(f"evaluation failed: {e}")
     for change in changes:
@@ -327,7 +342,7 @@ def release_commissions() -> None:
     _settings()
     try:
         with console.status("releasing matured commissions..."):
-            released = asyncio.run(release_due(get_db("settlement")))
+            released = _run(release_due(get_db("settlement")))
     except Exception as e:  # noqa: BLE001
         _fail(f"release failed: {e}")
     console.print(f"{released} commission(s) released")
@@ -343,7 +358,7 @@ def reconcile() -> None:
     _settings()
     try:
         with console.status("reconciling with the payment provider..."):
-            report = asyncio.run(reconcile_and_warn(get_db("settlement")))
+            report = _run(reconcile_and_warn(get_db("settlement")))
     except Exception as e:  # noqa: BLE001
         _fail(f"reconciliation failed: {e}")
     for diff in report["differences"]:

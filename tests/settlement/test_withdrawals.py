@@ -12,6 +12,7 @@ from sqlalchemy import text
 from services.common.clock import Clock
 from services.common.payments import PaymentProvider
 from services.settlement import service
+from services.settlement.service.withdrawals import _decide
 from tests.helpers import problem_of, shopper, staff
 from tests.settlement.conftest import balances, earn_available, leader_api, new_leader
 
@@ -257,7 +258,7 @@ async def test_a_crash_after_the_transfer_never_pays_twice(platform, sdb, infra,
     await earn_available(leader, 4000)
     w = await service.request_withdrawal(sdb, leader, 4000)
     async with sdb.transaction() as s:
-        await service._decide(s, w.id, "approved", staff_id=1)
+        await _decide(s, w.id, "approved", staff_id=1)
     provider = PaymentProvider()
     try:
         # the approval's payout gets as far as the provider, then the process dies
@@ -294,7 +295,7 @@ async def test_a_crash_before_the_transfer_pays_on_retry(platform, sdb, infra, m
     await earn_available(leader, 1000)
     w = await service.request_withdrawal(sdb, leader, 1000)
     async with sdb.transaction() as s:
-        await service._decide(s, w.id, "approved", staff_id=1)
+        await _decide(s, w.id, "approved", staff_id=1)
     assert await service.begin_payout(sdb, w.id) is not None  # then dies before calling out
     monkeypatch.setattr(infra.settings, "payout_retry_after_s", 0)
     provider = PaymentProvider()
