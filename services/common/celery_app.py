@@ -46,6 +46,10 @@ celery.conf.update(
         "unacked_restore_interval": _settings.broker_restore_interval_s,
         # every periodic look really scans, so the interval alone sets the delay
         "unacked_restore_throttle": 1,
+        # the lock a worker takes to restore expired tasks: kombu keeps it 5 minutes, so a
+        # worker killed while holding it (it scans on every poll) stopped every other
+        # worker from restoring anything for that long (the SIGKILL test, now and then)
+        "unacked_mutex_expire": max(5, int(2 * _settings.broker_restore_interval_s)),
     },
     worker_hijack_root_logger=False,
     timezone="UTC",
@@ -326,7 +330,7 @@ def _dispatch_one(env: dict[str, Any]) -> int:
 @celery.task(name="events.consume", bind=True, max_retries=_settings.event_max_retries)
 def consume_event(self, subscription_name: str, env: dict[str, Any]) -> bool:
     from .db import get_db
-    from .events import SUBSCRIPTIONS, consume
+    from .events import SUBSCRIPTIONS, consume, retry_countdown
 
     sub = SUBSCRIPTIONS[subscription_name]
     try:
@@ -334,7 +338,13 @@ def consume_event(self, subscription_name: str, env: dict[str, Any]) -> bool:
     except Exception as exc:
         _log_consume_failed(sub, env, exc)
         try:
-            retry = self.retry(exc=exc, countdown=min(60, 2**self.request.retries), throw=False)
+            retry = self.retry(
+                exc=exc,
+                countdown=retry_countdown(
+                    self.request.retries, _settings.broker_visibility_timeout_s
+                ),
+                throw=False,
+            )
         except Reject as lost:
             # the retry could not be queued: the broker is gone too
             _give_back(env, lost)

@@ -263,6 +263,15 @@ def kick(db) -> None:
     after_response(drain, f"relay {db.schema} outbox")
 
 
+def retry_countdown(retries: int, visibility_timeout_s: float) -> float:
+    """Exponential back-off, capped at a minute and below half the broker's visibility
+    timeout: a Redis broker hands a task that waits longer than that to another worker
+    while the first still holds it, so every retry of a failing consumer doubled, and
+    one malformed event grew into hundreds of runs a second (seen with the tests' 10 s
+    timeout, starving the worker)."""
+    return max(0.5, min(60.0, 2.0**retries, visibility_timeout_s / 2))
+
+
 # --- consumers ---------------------------------------------------------------------------
 
 Handler = Callable[[AsyncSession, dict[str, Any], dict[str, Any]], Awaitable[None]]

@@ -156,7 +156,7 @@ async def test_refunds_and_cancellations_do_not_count(gateway_url):
             "order.refunded",
             {
                 "order_id": refunded,
-                "refund_id": f"re_{refunded}",
+                "refund_id": refunded,  # orders' refund ids are integers, as here
                 "leader_id": lid,
                 "reason": "after_sales",
                 "amount_fen": 5000,
