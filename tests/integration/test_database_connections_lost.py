@@ -8,6 +8,7 @@ import os
 
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from services.common.devstack import with_database
 from tests.helpers import problem_of, shopper, staff
@@ -16,7 +17,7 @@ from tests.helpers import problem_of, shopper, staff
 def drop_connections_of(service: str, pid: int) -> int:
     """Terminate the database sessions of one service process (not this test's own)."""
     url = os.environ["DATABASE_URL"]
-    db = url.rsplit("/", 1)[1].split("?")[0]
+    db = make_url(url).database  # also for a socket URL (`?host=/...`), as embedded has
     with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
