@@ -145,9 +145,9 @@ def gateway_url(platform) -> str:
 async def _close_pooled_clients():
     """Tests call services in-process too; their pooled sessions close with the run."""
     yield
-    from services.common.payments import get_provider
+    from services.common.http import close_all_sessions
 
-    await get_provider().aclose()
+    await close_all_sessions()
 
 
 @pytest.fixture(autouse=True)

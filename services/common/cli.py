@@ -27,12 +27,12 @@ def _run(coro):
     provider, the peers), so the loop does not end with them open."""
 
     async def run():
-        from .payments import get_provider
+        from .http import close_all_sessions
 
         try:
             return await coro
         finally:
-            await get_provider().aclose()
+            await close_all_sessions()
 
     return asyncio.run(run())
 

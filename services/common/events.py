@@ -163,17 +163,6 @@ async def relay_outbox(db, limit: int = 500) -> int:
             return total
 
 
-@dataclass
-class _Pump:
-    running: bool = False
-    again: bool = False
-
-
-_pumps: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Pump]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def broker_mark_key() -> str:
     from .settings import get_settings
 
@@ -232,6 +221,17 @@ async def unpublish(db, event_id: str) -> None:
             text(f"UPDATE {db.schema}.outbox SET published_at = NULL WHERE id = :id"),
             {"id": uuid.UUID(event_id)},
         )
+
+
+@dataclass
+class _Pump:
+    running: bool = False
+    again: bool = False
+
+
+_pumps: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Pump]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def kick(db) -> None:

@@ -13,6 +13,7 @@ bench`); aiohttp hands out an idle connection in constant time.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 import aiohttp
@@ -54,6 +55,7 @@ class SessionPerLoop:
         self._options = options
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        _all_sessions.add(self)
 
     def get(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -79,6 +81,16 @@ class SessionPerLoop:
                 await session.close()
             except RuntimeError:  # made on a loop that is gone
                 pass
+
+
+_all_sessions: weakref.WeakSet[SessionPerLoop] = weakref.WeakSet()
+
+
+async def close_all_sessions() -> None:
+    """Close every pooled session this process opened (peers, the provider): for a
+    one-off run (a CLI command, a test session) whose loop ends after its work."""
+    for sessions in list(_all_sessions):
+        await sessions.aclose()
 
 
 def peer_timeout(read_s: float, connect_s: float) -> aiohttp.ClientTimeout:
