@@ -22,7 +22,7 @@ async def pay_order(
     db, order_id: int, who: Principal, payment_method: str | None, card: dict | None
 ) -> None:
     provider = get_provider()
-    async with db.session() as s:
+    async with db.read() as s:  # one statement; every later step re-checks the status
         order = await load_order(s, order_id)
     if order.shopper_id != who.user_id:
         raise NotYourOrder("this order is not yours")
