@@ -831,14 +831,17 @@ class Bench:
                 leaders = await self.make_leaders(conn, n_leaders)
                 facts = await self.insert_order_facts(conn, leaders, per_day)
             now = datetime.now(UTC)
-            t0 = time.perf_counter()
-            await conn.fetch(
-                RAW_TIER_METRICS_SQL,
-                now - timedelta(days=st.tier_window_days),
-                now - timedelta(days=st.complaint_window_days),
-                now,
-            )
-            raw = time.perf_counter() - t0
+            raws = []
+            for _ in range(3):  # the best of three: the first also warms the cache
+                t0 = time.perf_counter()
+                await conn.fetch(
+                    RAW_TIER_METRICS_SQL,
+                    now - timedelta(days=st.tier_window_days),
+                    now - timedelta(days=st.complaint_window_days),
+                    now,
+                )
+                raws.append(time.perf_counter() - t0)
+            raw = min(raws)
         finally:
             await conn.close()
         db = get_db("leaders")
@@ -848,7 +851,7 @@ class Bench:
             changes = await run_evaluations(db)
             evaluation_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            again = await run_evaluations(db)  # same day: every leader is already claimed
+            again = await run_evaluations(db)  # same day: the changed are claimed, nobody moves
             again_s = time.perf_counter() - t0
         await db.dispose()
         return {

@@ -203,3 +203,36 @@ async def test_demotion_after_two_periods_below_the_bar(gateway_url):
     assert (r.json()["tier"], r.json()["status"]) == ("standard", "active")
     r = await ops.get(f"/leaders/{lid}/tier-history")
     assert [h["direction"] for h in r.json()["items"]] == ["demotion"]
+
+
+async def test_evaluating_everyone_counts_as_one_leader_and_records_only_changes(gateway_url):
+    base = gateway_url
+    ops = await staff(base)
+    ready = await _ready_for_standard(base, ops)
+    idle = await new_leader(base, ops)  # in preparation, nothing done: nothing to change
+    progress = await _progress(ready)
+
+    # every active leader: one unfiltered aggregate, which must count what the leader's
+    # own progress (the aggregate filtered to them) counts
+    r = await ops.post("/leaders/evaluations/run")
+    assert r.status_code == 200, r.text
+    changes = {c["leader_id"]: c for c in r.json()["changes"]}
+    assert changes[ready.leader_id]["to_tier"] == "standard"
+    assert changes[ready.leader_id]["metrics"]["metrics"] == progress["metrics"]
+    assert idle.leader_id not in changes
+
+    async with get_db("leaders").session() as s:
+        claimed = set(
+            (
+                await s.execute(
+                    text("SELECT leader_id FROM leaders.evaluations WHERE leader_id = ANY(:l)"),
+                    {"l": [ready.leader_id, idle.leader_id]},
+                )
+            ).scalars()
+        )
+    assert claimed == {ready.leader_id}  # the unchanged evaluation wrote nothing
+
+    r = await ops.post("/leaders/evaluations/run")
+    assert not {ready.leader_id, idle.leader_id} & {c["leader_id"] for c in r.json()["changes"]}
+    r = await idle.get("/leaders/me")
+    assert (r.json()["tier"], r.json()["status"]) == ("preparation", "active")
