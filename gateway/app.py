@@ -25,6 +25,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from yarl import URL
 
+from services.common.app import NO_TELEMETRY
 from services.common.auth import bearer_token, verify_token
 from services.common.errors import DomainError, install_error_handlers, problem
 from services.common.http import HOP_BY_HOP as HOP_BY_HOP_PROXIED
@@ -102,6 +103,7 @@ def create_app() -> FastAPI:
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
+        **NO_TELEMETRY,
     )
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, process="gateway", label=gateway_route)

@@ -225,22 +225,38 @@ async def open_sale_day(s: AsyncSession) -> SaleDay:
 
 # --- stock reservations (the hot path) --------------------------------------------------------
 
+# One statement per deal of an order: the stock held, the shopper's running quantity
+# raised within the deal's limit, the hold recorded. Its parts all run, so when one finds
+# nothing (no row: no stock, or the day closed; `within_limit` false) the caller raises
+# and its transaction rolls the others back. A second hold for the same (order, deal)
+# breaks the reservations' key: a retry of an order already held, answered from the
+# rows of the first (`existing`).
+# (Four statements before: a read for retries, the stock, the quantity, the hold.)
 _RESERVE = text("""
-    UPDATE catalog.deals d SET reserved = d.reserved + :q
-    FROM catalog.sale_days sd, catalog.products p
-    WHERE d.id = :id AND sd.sale_date = d.sale_date AND p.id = d.product_id
-      AND sd.status = 'published' AND sd.cutoff_at > :now
-      AND d.reserved + :q <= d.stock AND :q <= d.per_shopper_limit
-    RETURNING d.id, d.sale_date, d.group_price_fen, d.group_threshold, d.per_shopper_limit,
-              p.id AS product_id, p.name, p.category, sd.pickup_date, sd.cutoff_at
-""")
-
-_SHOPPER_QTY = text("""
-    INSERT INTO catalog.shopper_deal_quantities AS q (deal_id, shopper_id, quantity)
-    VALUES (:deal, :shopper, :q)
-    ON CONFLICT (deal_id, shopper_id) DO UPDATE SET quantity = q.quantity + EXCLUDED.quantity
-    WHERE q.quantity + EXCLUDED.quantity <= :limit
-    RETURNING quantity
+    WITH d AS (
+        UPDATE catalog.deals d SET reserved = d.reserved + :q
+        FROM catalog.sale_days sd, catalog.products p
+        WHERE d.id = :id AND sd.sale_date = d.sale_date AND p.id = d.product_id
+          AND sd.status = 'published' AND sd.cutoff_at > :now
+          AND d.reserved + :q <= d.stock AND :q <= d.per_shopper_limit
+        RETURNING d.id, d.sale_date, d.group_price_fen, d.group_threshold,
+                  d.per_shopper_limit, p.id AS product_id, p.name, p.category,
+                  sd.pickup_date, sd.cutoff_at
+    ), mine AS (
+        INSERT INTO catalog.shopper_deal_quantities AS q (deal_id, shopper_id, quantity)
+        SELECT d.id, :shopper, :q FROM d
+        ON CONFLICT (deal_id, shopper_id) DO UPDATE SET quantity = q.quantity + EXCLUDED.quantity
+        WHERE q.quantity + EXCLUDED.quantity
+            <= (SELECT l.per_shopper_limit FROM catalog.deals l WHERE l.id = EXCLUDED.deal_id)
+        RETURNING quantity
+    ), held AS (
+        -- not conditional on the others: a retry must meet the key even when the first
+        -- took the last units or the shopper's whole limit (only on the deal existing)
+        INSERT INTO catalog.reservations (order_id, deal_id, shopper_id, quantity, status,
+            created_at)
+        SELECT :o, x.id, :shopper, :q, 'held', :now FROM catalog.deals x WHERE x.id = :id
+    )
+    SELECT d.*, EXISTS (SELECT 1 FROM mine) AS within_limit FROM d
 """)
 
 
@@ -270,11 +286,51 @@ async def _why_not_reserved(s: AsyncSession, deal_id: int, q: int) -> Exception:
     )
 
 
+class AlreadyReserved(Exception):
+    """This order id holds stock already: the request is a retry (`existing`)."""
+
+
 async def reserve(
     s: AsyncSession, order_id: int, shopper_id: int, items: list[ReservationItemIn]
 ) -> dict:
-    """Hold stock for every line of one order, or for none (the caller's transaction)."""
-    existing = (
+    """Hold stock for every line of one order, or for none (the caller's transaction).
+
+    Raises AlreadyReserved for an order id that holds stock already; the caller rolls
+    back and answers with `existing`, as the first time."""
+    wanted: dict[int, int] = defaultdict(int)
+    for item in items:
+        wanted[item.deal_id] += item.quantity
+    now = clock.now()
+    rows, quantities = [], []
+    for deal_id in sorted(wanted):  # one lock order for every order: no deadlocks
+        q = wanted[deal_id]
+        params = {"id": deal_id, "q": q, "now": now, "o": order_id, "shopper": shopper_id}
+        try:
+            row = (await s.execute(_RESERVE, params)).first()
+        except IntegrityError as e:
+            if "reservations_pkey" in str(e.orig):
+                raise AlreadyReserved(order_id) from e
+            raise
+        if row is None:
+            raise await _why_not_reserved(s, deal_id, q)
+        if not row.within_limit:
+            raise PerShopperLimit(
+                f"at most {row.per_shopper_limit} per shopper for deal "
+                f"{deal_id}, across all of your orders",
+                deal_id=deal_id,
+            )
+        rows.append(row)
+        quantities.append(q)
+    if len({r.sale_date for r in rows}) > 1:
+        raise InvalidInput(
+            "all items of one order must be from the same sale day", code="mixed_sale_days"
+        )
+    return _reservation(rows, quantities)
+
+
+async def existing(s: AsyncSession, order_id: int) -> dict | None:
+    """What an order's hold answered the first time (None: it holds nothing)."""
+    rows = (
         await s.execute(
             text(
                 "SELECT r.deal_id, r.quantity, d.sale_date, d.group_price_fen, d.group_threshold, "
@@ -287,52 +343,7 @@ async def reserve(
             {"o": order_id},
         )
     ).all()
-    if existing:  # a retry of the same order: answer as the first time
-        return _reservation(existing, [r.quantity for r in existing])
-
-    wanted: dict[int, int] = defaultdict(int)
-    for item in items:
-        wanted[item.deal_id] += item.quantity
-    now = clock.now()
-    rows, quantities = [], []
-    for deal_id in sorted(wanted):  # one lock order for every order: no deadlocks
-        q = wanted[deal_id]
-        row = (await s.execute(_RESERVE, {"id": deal_id, "q": q, "now": now})).first()
-        if row is None:
-            raise await _why_not_reserved(s, deal_id, q)
-        held = (
-            await s.execute(
-                _SHOPPER_QTY,
-                {"deal": deal_id, "shopper": shopper_id, "q": q, "limit": row.per_shopper_limit},
-            )
-        ).first()
-        if held is None:
-            raise PerShopperLimit(
-                f"at most {row.per_shopper_limit} per shopper for deal "
-                f"{deal_id}, across all of your orders",
-                deal_id=deal_id,
-            )
-        rows.append(row)
-        quantities.append(q)
-    if len({r.sale_date for r in rows}) > 1:
-        raise InvalidInput(
-            "all items of one order must be from the same sale day", code="mixed_sale_days"
-        )
-    await s.execute(
-        text(
-            "INSERT INTO catalog.reservations (order_id, deal_id, shopper_id, quantity, status, "
-            "created_at) SELECT :o, unnest(CAST(:deals AS int[])), :s, unnest(CAST(:qs AS int[])), "
-            "'held', :now"
-        ),
-        {
-            "o": order_id,
-            "deals": [r.id for r in rows],
-            "s": shopper_id,
-            "qs": quantities,
-            "now": now,
-        },
-    )
-    return _reservation(rows, quantities)
+    return _reservation(rows, [r.quantity for r in rows]) if rows else None
 
 
 def _reservation(rows, quantities) -> dict:

@@ -78,6 +78,14 @@ class Database:
         """A session for one read-only statement on the hot path: autocommit, so no
         BEGIN and ROLLBACK round trips around it. Several statements that must agree
         with each other belong in `session()` (one snapshot) instead."""
+        async with self.statement() as session:
+            yield session
+
+    @asynccontextmanager
+    async def statement(self) -> AsyncIterator[AsyncSession]:
+        """A session for one statement that is atomic on its own (a read, or one INSERT
+        with its CTEs): autocommit, so no BEGIN and COMMIT round trips around it. Two
+        writes that must happen together belong in `transaction()`."""
         _ = self.engine
         assert self._readers is not None
         async with self._readers() as session:
