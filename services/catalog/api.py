@@ -125,11 +125,11 @@ async def get_day(day: date, request: Request) -> SaleDayOut:
 @internal.post("/reservations", response_model=ReservationOut)
 async def reserve(body: ReservationIn) -> ReservationOut:
     try:
-        async with db.transaction() as s:
+        async with db.begin() as s:
             held = await service.reserve(s, body.order_id, body.shopper_id, body.items)
     except service.AlreadyReserved:
         # a retry of an order already held (its first answer was lost): the same answer
-        async with db.read() as s:
+        async with db.statement() as s:
             held = await service.existing(s, body.order_id)
         assert held is not None  # the key that refused the hold is a committed row
     return ReservationOut(**held)

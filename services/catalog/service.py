@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta
 
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlmodel import select
 
 from services.common.clock import clock, local_datetime, parse_hhmm
@@ -260,7 +260,7 @@ _RESERVE = text("""
 """)
 
 
-async def _why_not_reserved(s: AsyncSession, deal_id: int, q: int) -> Exception:
+async def _why_not_reserved(s: AsyncConnection, deal_id: int, q: int) -> Exception:
     row = (
         await s.execute(
             text(
@@ -291,7 +291,7 @@ class AlreadyReserved(Exception):
 
 
 async def reserve(
-    s: AsyncSession, order_id: int, shopper_id: int, items: list[ReservationItemIn]
+    s: AsyncConnection, order_id: int, shopper_id: int, items: list[ReservationItemIn]
 ) -> dict:
     """Hold stock for every line of one order, or for none (the caller's transaction).
 
@@ -328,7 +328,7 @@ async def reserve(
     return _reservation(rows, quantities)
 
 
-async def existing(s: AsyncSession, order_id: int) -> dict | None:
+async def existing(s: AsyncConnection, order_id: int) -> dict | None:
     """What an order's hold answered the first time (None: it holds nothing)."""
     rows = (
         await s.execute(

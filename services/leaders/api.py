@@ -7,9 +7,10 @@ from fastapi import APIRouter, Depends, Form, Query
 from services.common.auth import CurrentPrincipal, Shopper, Staff, require_service_token
 from services.common.bounds import PathId
 from services.common.db import get_db
+from services.common.events import kick
 from services.common.pagination import Page, PageDep, make_page
 
-from . import program_api, service
+from . import program_api, projection, service
 from .models import LeaderStatus, Tier
 from .schemas import (
     BindLeaderIn,
@@ -78,7 +79,10 @@ async def get_me(principal: CurrentPrincipal) -> MeOut:
 @me.put("/leader", response_model=MeOut)
 async def bind_leader(body: BindLeaderIn, principal: Shopper) -> MeOut:
     async with db.transaction() as s:
-        return _me(await service.bind_shopper(s, principal.user_id, body.leader_id), principal)
+        out = _me(await service.bind_shopper(s, principal.user_id, body.leader_id), principal)
+    kick(db)
+    await projection.push(db, shoppers=[principal.user_id])  # the next order goes there
+    return out
 
 
 @leaders.get("", response_model=Page[LeaderOut])

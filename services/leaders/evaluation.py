@@ -23,7 +23,7 @@ from services.common.clock import clock, local_today
 from services.common.events import envelope
 from services.common.settings import get_settings
 
-from . import status, tiers
+from . import projection, status, tiers
 from .models import SCHEMA, Leader, LeaderStatus
 
 log = structlog.get_logger()
@@ -217,15 +217,17 @@ async def _evaluate_batch(db, leaders: list, metrics: dict, now: datetime, today
             ).scalars()
         )
         moving = [i for i in sorted(claimed) if decided[i][1].direction]
-        moved = set(
-            (
+        # moved leader -> the version of its terms after the move (orders' copy)
+        moved = dict(
+            iter(
                 await s.execute(
                     text(
                         "UPDATE leaders.leaders l SET tier = v.t, tier_since = :now, "
-                        "below_bar_since = NULL FROM unnest(CAST(:l AS int[]), "
+                        "below_bar_since = NULL, terms_version = l.terms_version + 1 "
+                        "FROM unnest(CAST(:l AS int[]), "
                         "CAST(:t AS text[]), CAST(:old AS text[])) AS v(l, t, old) "
                         "WHERE l.id = v.l AND l.tier = v.old AND l.status = 'active' "
-                        "RETURNING l.id"
+                        "RETURNING l.id, l.terms_version"
                     ),
                     {
                         "now": now,
@@ -234,7 +236,7 @@ async def _evaluate_batch(db, leaders: list, metrics: dict, now: datetime, today
                         "old": [decided[i][0].tier for i in moving],
                     },
                 )
-            ).scalars()
+            )
             if moving
             else ()
         )
@@ -247,6 +249,8 @@ async def _evaluate_batch(db, leaders: list, metrics: dict, now: datetime, today
                 "evaluation_date": today.isoformat(),
                 "commission_rate": str(st.rate_for_tier(decided[i][1].tier)),
                 "metrics": decided[i][2] | {"checks": [c.as_dict() for c in decided[i][1].checks]},
+                # the leader's terms as of this change, for orders' copy (projection.py)
+                **projection.terms(i, "active", decided[i][1].tier, moved[i]),
             }
             for i in moving
             if i in moved

@@ -3,7 +3,17 @@
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import ARRAY, Boolean, Column, Index, Integer, String, UniqueConstraint, text
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -45,6 +55,10 @@ class User(SQLModel, table=True):
     bound_leader_id: int | None = Field(default=None, index=True)
     created_at: datetime = ts_field(default_now=True)
     bound_at: datetime | None = ts_field(nullable=True)
+    # bumped with every change of bound_leader_id: orders' copy keeps the newest
+    binding_version: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
 
 
 class Leader(SQLModel, table=True):
@@ -64,6 +78,10 @@ class Leader(SQLModel, table=True):
     longitude: float | None = Field(default=None)
     created_at: datetime = ts_field(default_now=True)
     tier_since: datetime = ts_field(default_now=True)
+    # bumped with every change of status or tier: orders' copy keeps the newest
+    terms_version: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
     # deposit (保证金): its balance moves only with a `deposit_entries` row
     deposit_status: str = Field(
         default="unpaid",

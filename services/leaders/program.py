@@ -12,7 +12,7 @@ from services.common.clock import clock, local_datetime
 from services.common.errors import Conflict, Forbidden, InvalidInput, NotFound
 from services.common.settings import get_settings
 
-from . import status
+from . import projection, status
 from .applications import new_invite_code
 from .models import Complaint, LeaderStatus, TrainingSession
 
@@ -182,10 +182,10 @@ class SameLeader(InvalidInput):
     code = "same_leader"
 
 
-async def handover(s: AsyncSession, from_id: int, to_id: int, reason: str, by: int) -> int:
-    """Move a group's shoppers to another leader. Orders already placed keep the leader
-    and rate they snapshotted; every order from now on goes (and pays commission) to the
-    new leader."""
+async def handover(s: AsyncSession, from_id: int, to_id: int, reason: str, by: int) -> list[int]:
+    """Move a group's shoppers to another leader; returns the shoppers moved. Orders
+    already placed keep the leader and rate they snapshotted; every order from now on
+    goes (and pays commission) to the new leader."""
     from .service import LeaderNotActive, get_leader
 
     if from_id == to_id:
@@ -194,15 +194,23 @@ async def handover(s: AsyncSession, from_id: int, to_id: int, reason: str, by: i
     target = await get_leader(s, to_id)
     if target.status != LeaderStatus.active:
         raise LeaderNotActive("the new leader is not active")
-    moved = (
+    rows = (
         await s.execute(
             text(
-                "UPDATE leaders.users SET bound_leader_id = :to, bound_at = :now "
-                "WHERE bound_leader_id = :from"
+                "UPDATE leaders.users SET bound_leader_id = :to, bound_at = :now, "
+                "binding_version = binding_version + 1 "
+                "WHERE bound_leader_id = :from RETURNING id, binding_version"
             ),
             {"to": to_id, "from": from_id, "now": clock.now()},
         )
-    ).rowcount
+    ).all()
+    moved = len(rows)
+    if rows:
+        from .evaluation import emit_all
+
+        await emit_all(
+            s, "shopper.bound", [projection.binding(u, to_id, version) for u, version in rows]
+        )
     await s.execute(
         text(
             "INSERT INTO leaders.handovers (from_leader_id, to_leader_id, shoppers_moved, reason, "
@@ -210,7 +218,7 @@ async def handover(s: AsyncSession, from_id: int, to_id: int, reason: str, by: i
         ),
         {"f": from_id, "t": to_id, "n": moved, "r": reason, "by": by, "now": clock.now()},
     )
-    return moved
+    return [u for u, _ in rows]
 
 
 async def invite_code_of(s: AsyncSession, leader_id: int) -> str:

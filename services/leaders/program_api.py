@@ -21,7 +21,7 @@ from services.common.events import kick
 from services.common.pagination import Page, PageDep, make_page
 from services.common.settings import get_settings
 
-from . import applications, deposit, evaluation, program, service, status
+from . import applications, deposit, evaluation, program, projection, service, status
 from .models import ApplicationStatus, LeaderStatus
 from .schemas import (
     ApplicationIn,
@@ -210,6 +210,7 @@ async def _move(leader_id: int, to: LeaderStatus, reason: str, who: Principal) -
     async with db.transaction() as s:
         await status.change_or_refuse(s, leader_id, to, reason, who.user_id)
     kick(db)
+    await projection.push(db, leaders=[leader_id])  # the group's next order sees it
 
 
 @router.post("/{leader_id}/suspend", response_model=StatusOut)
@@ -303,6 +304,8 @@ async def resolve_complaint(complaint_id: PathId, body: ResolveIn, who: Staff) -
         c = await program.resolve_complaint(s, complaint_id, body.upheld, body.note, who.user_id)
         out = _complaint_out(c)
     kick(db)
+    if body.upheld:  # it may have suspended the leader
+        await projection.push(db, leaders=[out.leader_id])
     return out
 
 
@@ -313,6 +316,8 @@ async def resolve_complaint(complaint_id: PathId, body: ResolveIn, who: Staff) -
 async def run_evaluations(who: Staff, body: EvaluationRunIn | None = None) -> EvaluationRunOut:
     changes = await evaluation.run_evaluations(db, body.leader_ids if body else None)
     kick(db)
+    # the new rates apply to the next orders (the beat's daily run relies on the events)
+    await projection.push(db, leaders=[c["leader_id"] for c in changes])
     return EvaluationRunOut(changes=[TierChangeOut(**c) for c in changes])
 
 
@@ -341,8 +346,10 @@ async def tier_history(
 async def handover(leader_id: PathId, body: HandoverIn, who: Staff) -> HandoverOut:
     async with db.transaction() as s:
         moved = await program.handover(s, leader_id, body.to_leader_id, body.reason, who.user_id)
+    kick(db)
+    await projection.push(db, shoppers=moved)
     return HandoverOut(
-        from_leader_id=leader_id, to_leader_id=body.to_leader_id, shoppers_moved=moved
+        from_leader_id=leader_id, to_leader_id=body.to_leader_id, shoppers_moved=len(moved)
     )
 
 
@@ -359,6 +366,8 @@ async def join(body: JoinIn, who: Shopper) -> InviteOut:
     async with db.transaction() as s:
         leader_id = await program.leader_by_invite(s, body.invite_code)
         await service.bind_shopper(s, who.user_id, leader_id)
+    kick(db)
+    await projection.push(db, shoppers=[who.user_id])
     code = body.invite_code.upper()
     return InviteOut(invite_code=code, share_link=f"{get_settings().share_link_base}{code}")
 

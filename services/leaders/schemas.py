@@ -73,6 +73,9 @@ class ShopperLeaderOut(BaseModel):
     tier: str
     commission_rate: Decimal
     accepts_orders: bool
+    # what orders' copy compares: a change of either bumps its version (projection.py)
+    binding_version: int = 0
+    terms_version: int = 0
 
 
 # --- applications -----------------------------------------------------------------------

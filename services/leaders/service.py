@@ -14,9 +14,11 @@ from sqlmodel import select
 from services.common.auth import issue_token
 from services.common.clock import clock
 from services.common.errors import Conflict, NotFound, PeerUnavailable, Unauthorized
+from services.common.events import emit
 from services.common.settings import get_settings
 
-from .models import Leader, LeaderStatus, User
+from . import projection
+from .models import SCHEMA, Leader, LeaderStatus, User
 
 
 class LeaderNotFound(NotFound):
@@ -129,13 +131,18 @@ async def bind_shopper(s: AsyncSession, user_id: int, leader_id: int) -> User:
     leader = await get_leader(s, leader_id)
     if leader.status != LeaderStatus.active:
         raise LeaderNotActive("this pickup point is not taking new members")
-    await s.execute(
-        text(
-            "UPDATE leaders.users SET bound_leader_id = :l, bound_at = :now WHERE id = :u "
-            "AND bound_leader_id IS DISTINCT FROM :l"
-        ),
-        {"l": leader_id, "u": user_id, "now": clock.now()},
-    )
+    version = (
+        await s.execute(
+            text(
+                "UPDATE leaders.users SET bound_leader_id = :l, bound_at = :now, "
+                "binding_version = binding_version + 1 WHERE id = :u "
+                "AND bound_leader_id IS DISTINCT FROM :l RETURNING binding_version"
+            ),
+            {"l": leader_id, "u": user_id, "now": clock.now()},
+        )
+    ).scalar_one_or_none()
+    if version is not None:
+        await emit(s, SCHEMA, "shopper.bound", projection.binding(user_id, leader_id, version))
     return await get_user(s, user_id)
 
 
@@ -143,7 +150,8 @@ async def shopper_leader(s: AsyncSession, user_id: int) -> dict:
     row = (
         await s.execute(
             text(
-                "SELECT u.id AS shopper_id, l.id AS leader_id, l.status, l.tier FROM leaders.users u "
+                "SELECT u.id AS shopper_id, l.id AS leader_id, l.status, l.tier, "
+                "u.binding_version, l.terms_version FROM leaders.users u "
                 "JOIN leaders.leaders l ON l.id = u.bound_leader_id WHERE u.id = :u"
             ),
             {"u": user_id},
@@ -158,6 +166,8 @@ async def shopper_leader(s: AsyncSession, user_id: int) -> dict:
         "tier": row.tier,
         "commission_rate": rate_for(row.tier),
         "accepts_orders": row.status == LeaderStatus.active,
+        "binding_version": row.binding_version,
+        "terms_version": row.terms_version,
     }
 
 

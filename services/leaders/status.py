@@ -9,6 +9,7 @@ from services.common.clock import clock
 from services.common.errors import Conflict
 from services.common.events import emit
 
+from . import projection
 from .models import SCHEMA, LeaderStatus
 
 
@@ -35,10 +36,15 @@ async def change(
     ).scalar_one_or_none()
     if current not in ALLOWED_FROM[to]:
         return None
-    await s.execute(
-        text("UPDATE leaders.leaders SET status = :to WHERE id = :id"),
-        {"to": to.value, "id": leader_id},
-    )
+    tier, version = (
+        await s.execute(
+            text(
+                "UPDATE leaders.leaders SET status = :to, terms_version = terms_version + 1 "
+                "WHERE id = :id RETURNING tier, terms_version"
+            ),
+            {"to": to.value, "id": leader_id},
+        )
+    ).one()
     row = (current,)
     await s.execute(
         text(
@@ -51,7 +57,14 @@ async def change(
         s,
         SCHEMA,
         "leader.status_changed",
-        {"leader_id": leader_id, "from_status": row[0], "to_status": to.value, "reason": reason},
+        {
+            "leader_id": leader_id,
+            "from_status": row[0],
+            "to_status": to.value,
+            "reason": reason,
+            # the leader's terms as of this change, for orders' copy (projection.py)
+            **projection.terms(leader_id, to.value, tier, version),
+        },
     )
     return row[0]
 

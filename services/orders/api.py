@@ -31,6 +31,7 @@ from .schemas import (
     CutoffOut,
     DeliveryListOut,
     KnownOrdersIn,
+    LeaderProjectionIn,
     LineOut,
     OrderIn,
     OrderOut,
@@ -233,6 +234,16 @@ async def known_orders(body: KnownOrdersIn) -> dict:
     """Which of these order ids exist (catalog's orphaned-reservation sweep asks)."""
     async with db.session() as s:
         return {"order_ids": await service.existing_order_ids(s, body.order_ids)}
+
+
+@internal.post("/leader-projection", status_code=204)
+async def leader_projection(body: LeaderProjectionIn) -> None:
+    """The leaders service's push of changes a person acts on at once (a shopper's new
+    pickup point, a suspension): the next order sees them (service/leaders.py)."""
+    async with db.transaction() as s:
+        await service.apply_leader_copy(
+            s, [b.model_dump() for b in body.bindings], [t.model_dump() for t in body.leaders]
+        )
 
 
 routers = [router, payments, internal]

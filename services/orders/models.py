@@ -4,7 +4,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import CheckConstraint, Column, Index, Numeric, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Numeric, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -189,3 +189,29 @@ class AfterSalesRequest(SQLModel, table=True):
     decision_note: str | None = Field(default=None, max_length=500)
     created_at: datetime = ts_field(default_now=True)
     decided_at: datetime | None = ts_field(nullable=True)
+
+
+# --- orders' copy of the leaders service's bindings and terms (service/leaders.py) -------
+
+
+class ShopperLeader(SQLModel, table=True):
+    """Which leader each shopper is bound to, as of the leaders service's `version`."""
+
+    __tablename__ = "shopper_leaders"
+    __table_args__ = ({"schema": SCHEMA},)
+
+    shopper_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    leader_id: int
+    version: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class LeaderTerms(SQLModel, table=True):
+    """A leader's status and tier, as of the leaders service's `version`."""
+
+    __tablename__ = "leader_terms"
+    __table_args__ = ({"schema": SCHEMA},)
+
+    leader_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    status: str = Field(max_length=16)
+    tier: str = Field(max_length=16)
+    version: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -173,3 +173,21 @@ class AfterSalesOut(BaseModel):
 
 class KnownOrdersIn(BaseModel):
     order_ids: list[int] = Field(max_length=1000)
+
+
+class BindingIn(BaseModel):
+    shopper_id: int = Field(gt=0, le=DB_INT_MAX)
+    leader_id: int = Field(gt=0, le=DB_INT_MAX)
+    version: int = Field(ge=0, le=2**63 - 1)
+
+
+class LeaderTermsIn(BaseModel):
+    leader_id: int = Field(gt=0, le=DB_INT_MAX)
+    status: str = Field(max_length=16)
+    tier: str = Field(max_length=16)
+    version: int = Field(ge=0, le=2**63 - 1)
+
+
+class LeaderProjectionIn(BaseModel):
+    bindings: list[BindingIn] = Field(default_factory=list, max_length=100_000)
+    leaders: list[LeaderTermsIn] = Field(default_factory=list, max_length=10_000)

@@ -2,8 +2,30 @@
 
 from services.common.celery_app import celery, run
 from services.common.db import get_db
+from services.common.events import subscribe
 
 from . import service
+
+# orders' copy of the shopper's leader and the leader's terms (service/leaders.py); an
+# event from before versions were sent (no "version") is left to the copy's next change
+
+
+@subscribe("orders", "shopper.bound")
+async def shopper_bound(s, payload: dict, env: dict) -> None:
+    if "version" in payload:
+        await service.apply_leader_copy(s, [payload], [])
+
+
+@subscribe("orders", "leader.status_changed")
+async def leader_status_changed(s, payload: dict, env: dict) -> None:
+    if "version" in payload:
+        await service.apply_leader_copy(s, [], [payload])
+
+
+@subscribe("orders", "leader.tier_changed")
+async def leader_tier_changed(s, payload: dict, env: dict) -> None:
+    if "version" in payload:
+        await service.apply_leader_copy(s, [], [payload])
 
 
 @celery.task(name="orders.expire_unpaid_orders")

@@ -37,6 +37,8 @@ from .core import (  # noqa: F401
 from .cutoff import (  # noqa: F401
     apply_cutoff,
 )
+from .leaders import apply as apply_leader_copy  # noqa: F401
+from .leaders import leader_of  # noqa: F401
 from .payment import (  # noqa: F401
     handle_provider_event,
     new_pickup_code,

@@ -9,7 +9,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.auth import Principal
 from services.common.clock import clock
@@ -26,11 +26,11 @@ from .core import (
     NotYourOrder,
     S,
     catalog_client,
-    leaders_client,
     load_order,
     log,
     transition,
 )
+from .leaders import leader_of
 
 
 class IdBlocks:
@@ -69,10 +69,7 @@ async def place_order(db, who: Principal, items: list[dict]) -> tuple[GroupOrder
     Returns the rows as inserted, so the caller need not read them back."""
 
     # the leader lookup and the id are independent: one round trip's wait, not two
-    leader, order_id = await asyncio.gather(
-        leaders_client.get(f"/internal/shoppers/{who.user_id}/leader", retries=PEER_RETRIES),
-        order_id_blocks.next(db),
-    )
+    leader, order_id = await asyncio.gather(leader_of(db, who.user_id), order_id_blocks.next(db))
     if not leader["accepts_orders"]:
         raise LeaderSuspended("your leader's group is not taking orders right now")
     try:
@@ -109,7 +106,7 @@ async def _release_quietly(order_id: int) -> None:
 
 
 async def _insert_order(
-    s: AsyncSession, order_id: int, shopper_id: int, leader: dict, held: dict
+    s: AsyncConnection, order_id: int, shopper_id: int, leader: dict, held: dict
 ) -> tuple[GroupOrder, list[OrderLine]]:
     st = get_settings()
     now = clock.now()
