@@ -54,25 +54,28 @@ internal = APIRouter(
 
 
 def _order_out(order, lines, who) -> OrderOut:
-    show_code = who is not None and order.shopper_id == who.user_id
+    return _order_out_of(order.model_dump(), [ln.model_dump() for ln in lines], who)
+
+
+def _order_out_of(order: dict, lines: list[dict], who) -> OrderOut:
+    """The answer for an order from its columns and its lines' columns."""
+    show_code = who is not None and order["shopper_id"] == who.user_id
     payment_status = (
         "succeeded"
-        if order.paid_at
+        if order["paid_at"]
         else "canceled"
-        if order.status == OrderStatus.cancelled
+        if order["status"] == OrderStatus.cancelled
         else "requires_payment"
     )
     return OrderOut(
-        **order.model_dump(exclude={"pickup_code"}),
-        pickup_code=order.pickup_code if show_code else None,
-        lines=[
-            LineOut(**ln.model_dump(), amount_fen=ln.unit_price_fen * ln.quantity) for ln in lines
-        ],
+        **{k: v for k, v in order.items() if k != "pickup_code"},
+        pickup_code=order["pickup_code"] if show_code else None,
+        lines=[LineOut(**ln, amount_fen=ln["unit_price_fen"] * ln["quantity"]) for ln in lines],
         payment=PaymentOut(
-            intent_id=order.payment_intent_id,
+            intent_id=order["payment_intent_id"],
             status=payment_status,
-            amount_fen=order.total_fen,
-            currency=order.currency,
+            amount_fen=order["total_fen"],
+            currency=order["currency"],
         ),
     )
 
@@ -90,7 +93,7 @@ async def place_order(body: OrderIn, who: Shopper) -> OrderOut:
     # built from the rows just inserted: reading them back cost a connection and two queries
     order, lines = await service.place_order(db, who, [i.model_dump() for i in body.items])
     ORDERS_PLACED.inc()
-    return _order_out(order, lines, who)
+    return _order_out_of(order, lines, who)
 
 
 @router.get("", response_model=Page[OrderOut])

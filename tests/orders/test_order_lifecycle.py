@@ -378,3 +378,26 @@ async def test_the_cutoff_runs_on_schedule_at_2300_shanghai(gateway_url, world):
     await eventually(closed_by_beat, timeout=30)
     o = (await jack.get(f"/orders/{order['id']}")).json()
     assert o["status"] == "cancelled" and o["cancel_reason"] == "group_threshold_missed"
+
+
+async def test_the_answer_to_placing_an_order_is_the_order_as_stored(gateway_url, world):
+    """The placement answers from the rows it inserted (no read back): it must say what
+    every later read says, lines in the same order, amounts, rate and payment alike."""
+    day, deals = await _day(world["ops"])
+    alice = await bound_shopper(gateway_url, world["standard"].user["leader_id"])
+    items = [
+        {"deal_id": deals[3]["id"], "quantity": 2},
+        {"deal_id": deals[1]["id"], "quantity": 1},
+        {"deal_id": deals[5]["id"], "quantity": 3},
+    ]
+    r = await alice.post("/orders", json={"items": items})
+    assert r.status_code == 201, r.text
+    placed = r.json()
+    assert [ln["deal_id"] for ln in placed["lines"]] == sorted(deals[i]["id"] for i in (3, 1, 5))
+    assert (
+        placed["total_fen"]
+        == sum(ln["amount_fen"] for ln in placed["lines"])
+        == (2 * 1300 + 1100 + 3 * 1500)
+    )
+    r = await alice.get(f"/orders/{placed['id']}")
+    assert r.json() == placed
