@@ -13,8 +13,7 @@ from __future__ import annotations
 import structlog
 from sqlalchemy import text
 
-from services.common.errors import PeerTimeout, PeerUnavailable
-from services.common.http import PeerError, ServiceClient
+from services.common.http import ServiceClient
 
 log = structlog.get_logger()
 orders_client = ServiceClient("orders")
@@ -30,7 +29,15 @@ def terms(leader_id: int, status: str, tier: str, version: int) -> dict:
 
 async def push(db, *, shoppers: list[int] = (), leaders: list[int] = ()) -> None:
     """After the commit: orders' copy of these shoppers' bindings and leaders' terms, as
-    stored now. Best effort: what fails here the events carry a moment later."""
+    stored now. Best effort, never failing the request whose change is committed: what
+    fails here the events carry a moment later."""
+    try:
+        await _push(db, shoppers, leaders)
+    except Exception as e:  # the database or orders, down right now: the events follow
+        log.warning("projection_push_deferred", error=repr(e))
+
+
+async def _push(db, shoppers: list[int], leaders: list[int]) -> None:
     async with db.read() as s:
         bindings = [
             binding(*r)
@@ -58,17 +65,13 @@ async def push(db, *, shoppers: list[int] = (), leaders: list[int] = ()) -> None
             ).all()
         ]
     for i in range(0, max(len(bindings), len(leader_terms)), PUSH_BATCH):
-        try:
-            await orders_client.post(
-                "/internal/leader-projection",
-                json={
-                    "bindings": bindings[i : i + PUSH_BATCH],
-                    "leaders": leader_terms[i : i + PUSH_BATCH],
-                },
-            )
-        except (PeerUnavailable, PeerTimeout, PeerError) as e:
-            log.warning("projection_push_deferred", error=str(e), rows=len(bindings + leader_terms))
-            return
+        await orders_client.post(
+            "/internal/leader-projection",
+            json={
+                "bindings": bindings[i : i + PUSH_BATCH],
+                "leaders": leader_terms[i : i + PUSH_BATCH],
+            },
+        )
 
 
 PUSH_BATCH = 5000
