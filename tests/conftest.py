@@ -67,6 +67,11 @@ class Infra:
             # a task a killed worker held comes back in seconds, not minutes
             "BROKER_VISIBILITY_TIMEOUT_S": "10",
             "BROKER_RESTORE_INTERVAL_S": "1",
+            # a killed worker is noticed (and recent events replayed) within seconds
+            "WORKER_LIVENESS_TTL_S": "3",
+            # what such a replay sends again: the last five minutes, not the default hour
+            # of a whole suite's events
+            "OUTBOX_REPLAY_WINDOW_S": "300",
             "RESERVATION_EXPIRY_INTERVAL_S": "1",
             "COMPLETION_INTERVAL_S": "1",
             "CUTOFF_CHECK_INTERVAL_S": "1",

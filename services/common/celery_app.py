@@ -1,12 +1,16 @@
 """The Celery app: event fan-out and consumption, outbox sweeps, scheduled jobs.
 
-Tasks are acknowledged late and re-queued when a worker dies, so a SIGKILL mid-task
-loses nothing; every task is safe to run twice (inbox dedupe, conditional updates).
+Tasks are acknowledged late and re-queued when a worker dies, and a task Redis had handed
+to a worker killed before it recorded it is sent again from the outbox (the worker's
+liveness mark, `events.workers_lost`), so a SIGKILL mid-task loses nothing; every task is
+safe to run twice (inbox dedupe, conditional updates).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from typing import Any
 
 import structlog
@@ -23,6 +27,8 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
 )
 
 from .settings import SERVICES, get_settings
@@ -352,6 +358,57 @@ def consume_event(self, subscription_name: str, env: dict[str, Any]) -> bool:
         raise retry from exc
 
 
+class _Liveness:
+    """The worker's liveness mark (events.workers_lost), refreshed from a thread of the
+    main process, which only consumes and hands tasks to the pool's children."""
+
+    def __init__(self) -> None:
+        self.node: str | None = None
+        self.stop = threading.Event()
+
+    def start(self, node: str) -> None:
+        from .events import worker_alive
+
+        self.node = node
+        ttl = get_settings().worker_liveness_ttl_s
+
+        def beat() -> None:
+            while True:
+                try:
+                    worker_alive(node, ttl)
+                except Exception:  # the broker is away: the mark expires, a replay follows
+                    log.warning("worker_liveness_not_refreshed", node=node)
+                if self.stop.wait(ttl / 3):
+                    return
+
+        threading.Thread(target=beat, name="groupbuy-liveness", daemon=True).start()
+
+    def stopped(self) -> None:
+        from .events import worker_stopped
+
+        self.stop.set()
+        if self.node is not None:
+            try:
+                worker_stopped(self.node)
+            except Exception:  # the mark expires: one harmless replay
+                log.warning("worker_liveness_not_cleared", node=self.node)
+
+
+_liveness = _Liveness()
+
+
+@worker_ready.connect
+def _mark_alive(sender: Any = None, **_: Any) -> None:
+    # the pid too: a worker restarted under the same node name is another worker, and the
+    # one it replaces must still be seen gone
+    _liveness.start(f"{sender.hostname}:{os.getpid()}")
+
+
+@worker_shutdown.connect
+def _mark_stopped(**_: Any) -> None:
+    _liveness.stopped()
+
+
 @celery.task(name="events.sweep_outboxes")
 def sweep_outboxes() -> int:
     """Relay what a crash left in an outbox. A broker that restarted may have lost events
@@ -359,14 +416,18 @@ def sweep_outboxes() -> int:
     within OUTBOX_REPLAY_WINDOW_S go out again first (the inbox makes repeats no-ops); the
     broker is marked as seen only once they are marked for the relay."""
     from .db import get_db
-    from .events import broker_restarted, mark_broker, relay_outbox, replay_recent
+    from .events import broker_restarted, mark_broker, relay_outbox, replay_recent, workers_lost
 
     async def sweep() -> int:
+        window = get_settings().outbox_replay_window_s
         if await asyncio.to_thread(broker_restarted):
-            window = get_settings().outbox_replay_window_s
             replayed = sum([await replay_recent(get_db(s), window) for s in SERVICES])
             await asyncio.to_thread(mark_broker)
             log.warning("broker_restarted_events_replayed", events=replayed)
+        lost = await asyncio.to_thread(workers_lost)
+        if lost:
+            replayed = sum([await replay_recent(get_db(s), window) for s in SERVICES])
+            log.warning("worker_lost_events_replayed", workers=lost, events=replayed)
         return sum([await relay_outbox(get_db(s)) for s in SERVICES])
 
     return run(sweep())

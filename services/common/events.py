@@ -199,6 +199,70 @@ def mark_broker() -> None:
             client.set(broker_mark_key(), _redis_run_id(client))
 
 
+# A worker killed outright can lose a task beyond the broker's redelivery: Redis hands a
+# task over (BRPOP) before the worker records it as unacknowledged, so one whose answer
+# was still in the dead worker's socket is gone (seen in the SIGKILL test under load: one
+# dispatch of 120). Each worker keeps a liveness mark; a mark that expired instead of
+# being removed at a clean shutdown makes the sweep replay recent events, as after a
+# broker restart (consumers' inboxes make the repeats no-ops). Redis only: RabbitMQ
+# requeues whatever a dead consumer had not acknowledged.
+
+
+def _workers_key(queue: str | None = None) -> str:
+    from .settings import get_settings
+
+    return f"groupbuy:workers:{queue or get_settings().celery_queue}"
+
+
+def _worker_key(node: str, queue: str | None = None) -> str:
+    return f"{_workers_key(queue)}:{node}"
+
+
+def _redis_client(conn):
+    return conn.default_channel.client if conn.transport.driver_type == "redis" else None
+
+
+def worker_alive(node: str, ttl_s: float, queue: str | None = None) -> None:
+    """The worker `node` is running (refreshed every ttl/3 by the worker itself)."""
+    from .celery_app import celery
+
+    with celery.connection_for_write() as conn:
+        client = _redis_client(conn)
+        if client is not None:
+            client.sadd(_workers_key(queue), node)
+            client.set(_worker_key(node, queue), "1", px=int(ttl_s * 1000))
+
+
+def worker_stopped(node: str, queue: str | None = None) -> None:
+    """A clean shutdown: the worker handed its tasks back, nothing to replay."""
+    from .celery_app import celery
+
+    with celery.connection_for_write() as conn:
+        client = _redis_client(conn)
+        if client is not None:
+            client.delete(_worker_key(node, queue))
+            client.srem(_workers_key(queue), node)
+
+
+def workers_lost(queue: str | None = None) -> list[str]:
+    """Workers whose liveness mark expired: killed, not stopped. Each is reported to one
+    sweep only (the SREM that removes it decides)."""
+    from .celery_app import celery
+
+    with celery.connection_for_write() as conn:
+        client = _redis_client(conn)
+        if client is None:
+            return []
+        lost = []
+        for node in client.smembers(_workers_key(queue)):
+            node = node.decode() if isinstance(node, bytes) else node
+            if not client.exists(_worker_key(node, queue)) and client.srem(
+                _workers_key(queue), node
+            ):
+                lost.append(node)
+        return lost
+
+
 async def replay_recent(db, window_s: float) -> int:
     """Mark events published within the window as unpublished, so the relay sends them
     again: the broker that held them lost them."""

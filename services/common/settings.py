@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     broker_visibility_timeout_s: float = 300.0
     # how often a live worker looks for such tasks
     broker_restore_interval_s: float = 10.0
+    # a worker refreshes its liveness mark this often divided by 3; a mark left to expire
+    # (the worker was killed) makes the sweep replay recent events (events.workers_lost)
+    worker_liveness_ttl_s: float = 30.0
     # the evaluation records one result per leader per day, so running hourly is safe
     tier_evaluation_interval_s: float = 3600.0
     commission_release_interval_s: float = 600.0

@@ -192,10 +192,13 @@ async def test_handover_invite_and_dashboard(gateway_url):
     r = await members[2].get("/me")
     assert r.json()["bound_leader_id"] == new.leader_id
     deals = await publish_day(ops, unique_day(), [])
-    r = await members[2].post(
-        "/orders", json={"items": [{"deal_id": deals[0]["id"], "quantity": 1}]}
-    )
-    assert r.status_code == 201 and r.json()["leader_id"] == new.leader_id
+    # members[0] ordered from the old leader (orders holds a copy of that binding) and
+    # members[2] never ordered: both go to the new leader with their very next order
+    for member in (members[0], members[2]):
+        r = await member.post(
+            "/orders", json={"items": [{"deal_id": deals[0]["id"], "quantity": 1}]}
+        )
+        assert r.status_code == 201 and r.json()["leader_id"] == new.leader_id
 
 
 async def test_training_counts_and_the_trial(gateway_url):

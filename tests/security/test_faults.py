@@ -62,18 +62,15 @@ async def applied_counts(line_ids: list[int]) -> tuple[int, int, int]:
 
 
 async def test_a_worker_killed_mid_task_loses_no_event(platform):
-    from services.common.celery_app import celery
-
-    # enough that the worker is still busy when it dies, so it holds taken, unacked tasks
+    # enough that the worker is still busy when it dies, so it holds taken, unacked tasks;
+    # sent as producers send them: the outbox, then the relay
     orders = fabricated_ids(120)
-    envs = [
-        events.envelope(
-            "order.picked_up", picked_up_payload(o, [o], 990_001), "orders", uuid.uuid4()
-        )
-        for o in orders
-    ]
-    for env in envs:
-        celery.send_task("events.dispatch", args=[env])
+    async with get_db("orders").transaction() as s:
+        ids = [
+            await events.emit(s, "orders", "order.picked_up", picked_up_payload(o, [o], 990_001))
+            for o in orders
+        ]
+    await events.relay_outbox(get_db("orders"))
 
     async def some_applied():
         return (await applied_counts(orders))[0] > 0
@@ -89,11 +86,11 @@ async def test_a_worker_killed_mid_task_loses_no_event(platform):
         counts = await applied_counts(orders)
         return counts if counts[0] == len(orders) else None
 
-    # tasks the dead worker had taken come back after the broker's visibility timeout
-    # (10 s here); in the whole suite, with other platforms' workers scanning the same
-    # Redis, the last of them was seen to come back up to ~105 s after the kill
-    # (docs/RELIABILITY.md), so the bound is generous: lost is what this test catches
-    await eventually(all_applied, timeout=180)
+    # tasks the dead worker had recorded as taken come back after the broker's
+    # visibility timeout (10 s here); one it had been handed but not yet recorded is gone
+    # from the broker, and comes back because the sweep sees the worker's liveness mark
+    # expire (3 s here) and replays recent events (events.workers_lost)
+    await eventually(all_applied, timeout=90)
     assert await applied_counts(orders) == (len(orders), len(orders), len(orders))
     async with get_db("settlement").session() as s:
         handled = (
@@ -102,10 +99,37 @@ async def test_a_worker_killed_mid_task_loses_no_event(platform):
                     "SELECT count(*), count(DISTINCT event_id) FROM settlement.inbox "
                     "WHERE event_id = ANY(:ids)"
                 ),
-                {"ids": [uuid.UUID(e["id"]) for e in envs]},
+                {"ids": ids},
             )
         ).one()
     assert tuple(handled) == (len(orders), len(orders))
+
+
+async def test_a_task_lost_with_a_killed_worker_is_replayed_and_applied_once(platform):
+    """Redis hands a task to a worker before the worker records it as taken: killed in
+    between, the task is gone from the broker for good. The worker's liveness mark then
+    expires instead of being removed, and the sweep sends recent events again."""
+    (order,) = fabricated_ids(1)
+    lines = [order, order + 1]
+    async with get_db("orders").transaction() as s:
+        eid = await events.emit(
+            s, "orders", "order.picked_up", picked_up_payload(order, lines, 990_003)
+        )
+        # what such a kill leaves: the event published, the task nowhere
+        await s.execute(
+            text("UPDATE orders.outbox SET published_at = now() WHERE id = :e"), {"e": eid}
+        )
+    proc = platform.supervisor.procs["worker"]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    platform.start_worker()
+
+    async def applied():
+        counts = await applied_counts(lines)
+        return counts if counts[0] == len(lines) else None
+
+    await eventually(applied, timeout=60)
+    assert await applied_counts(lines) == (2, 2, 2)
 
 
 async def test_an_event_committed_while_the_producer_is_down_is_swept_and_applied_once(
@@ -137,3 +161,17 @@ async def test_an_event_committed_while_the_producer_is_down_is_swept_and_applie
             )
         ).scalar_one()
     assert published
+
+
+async def test_only_a_worker_whose_mark_expired_counts_as_lost_and_only_once(platform):
+    import asyncio
+
+    queue = f"probe-{uuid.uuid4().hex[:8]}"  # not the platform's: its sweep stays out
+    events.worker_alive("stopped", 0.3, queue)
+    events.worker_alive("killed", 0.3, queue)
+    events.worker_alive("alive", 30, queue)
+    events.worker_stopped("stopped", queue)  # a clean shutdown hands its tasks back
+    await asyncio.sleep(0.5)
+    assert events.workers_lost(queue) == ["killed"]
+    assert events.workers_lost(queue) == []  # reported once: one replay
+    events.worker_stopped("alive", queue)
