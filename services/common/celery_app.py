@@ -412,22 +412,27 @@ def _mark_stopped(**_: Any) -> None:
 @celery.task(name="events.sweep_outboxes")
 def sweep_outboxes() -> int:
     """Relay what a crash left in an outbox. A broker that restarted may have lost events
-    it held but had not delivered (all of them without its data), so those published
-    within OUTBOX_REPLAY_WINDOW_S go out again first (the inbox makes repeats no-ops); the
-    broker is marked as seen only once they are marked for the relay."""
+    it held but had not delivered (all of them without its data), and a worker killed
+    outright the task it had just been handed, so after either those published within
+    OUTBOX_REPLAY_WINDOW_S go out again first (the inbox makes repeats no-ops); the broker
+    is marked as seen only once they are marked for the relay."""
     from .db import get_db
     from .events import broker_restarted, mark_broker, relay_outbox, replay_recent, workers_lost
 
     async def sweep() -> int:
-        window = get_settings().outbox_replay_window_s
-        if await asyncio.to_thread(broker_restarted):
-            replayed = sum([await replay_recent(get_db(s), window) for s in SERVICES])
-            await asyncio.to_thread(mark_broker)
-            log.warning("broker_restarted_events_replayed", events=replayed)
+        restarted = await asyncio.to_thread(broker_restarted)
         lost = await asyncio.to_thread(workers_lost)
-        if lost:
+        if restarted or lost:
+            window = get_settings().outbox_replay_window_s
             replayed = sum([await replay_recent(get_db(s), window) for s in SERVICES])
-            log.warning("worker_lost_events_replayed", workers=lost, events=replayed)
+            if restarted:
+                await asyncio.to_thread(mark_broker)
+            log.warning(
+                "recent_events_replayed",
+                broker_restarted=restarted,
+                workers_lost=lost,
+                events=replayed,
+            )
         return sum([await relay_outbox(get_db(s)) for s in SERVICES])
 
     return run(sweep())

@@ -17,6 +17,7 @@ import asyncio
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -173,29 +174,32 @@ def _redis_run_id(client) -> str:
     return str(client.info("server").get("run_id", ""))
 
 
+@contextmanager
+def _broker_redis():
+    """The broker's Redis client, or None when the broker is not Redis."""
+    from .celery_app import celery
+
+    with celery.connection_for_write() as conn:
+        yield conn.default_channel.client if conn.transport.driver_type == "redis" else None
+
+
 def broker_restarted() -> bool:
     """True when the broker is not the one the sweep last marked: it restarted (a new
     `run_id`), or lost its data (the mark is gone), or is new. Whatever it held but had not
     delivered may be gone: without its data everything queued, and even with it a task a
     worker had popped but not yet recorded as unacknowledged when the broker died. Only a
     Redis broker can be asked; RabbitMQ keeps durable queues across restarts."""
-    from .celery_app import celery
-
-    with celery.connection_for_write() as conn:
-        if conn.transport.driver_type != "redis":
+    with _broker_redis() as client:
+        if client is None:
             return False
-        client = conn.default_channel.client
         mark = client.get(broker_mark_key())
         mark = mark.decode() if isinstance(mark, bytes) else mark
         return mark != _redis_run_id(client)
 
 
 def mark_broker() -> None:
-    from .celery_app import celery
-
-    with celery.connection_for_write() as conn:
-        if conn.transport.driver_type == "redis":
-            client = conn.default_channel.client
+    with _broker_redis() as client:
+        if client is not None:
             client.set(broker_mark_key(), _redis_run_id(client))
 
 
@@ -218,16 +222,9 @@ def _worker_key(node: str, queue: str | None = None) -> str:
     return f"{_workers_key(queue)}:{node}"
 
 
-def _redis_client(conn):
-    return conn.default_channel.client if conn.transport.driver_type == "redis" else None
-
-
 def worker_alive(node: str, ttl_s: float, queue: str | None = None) -> None:
     """The worker `node` is running (refreshed every ttl/3 by the worker itself)."""
-    from .celery_app import celery
-
-    with celery.connection_for_write() as conn:
-        client = _redis_client(conn)
+    with _broker_redis() as client:
         if client is not None:
             client.sadd(_workers_key(queue), node)
             client.set(_worker_key(node, queue), "1", px=int(ttl_s * 1000))
@@ -235,10 +232,7 @@ def worker_alive(node: str, ttl_s: float, queue: str | None = None) -> None:
 
 def worker_stopped(node: str, queue: str | None = None) -> None:
     """A clean shutdown: the worker handed its tasks back, nothing to replay."""
-    from .celery_app import celery
-
-    with celery.connection_for_write() as conn:
-        client = _redis_client(conn)
+    with _broker_redis() as client:
         if client is not None:
             client.delete(_worker_key(node, queue))
             client.srem(_workers_key(queue), node)
@@ -247,10 +241,7 @@ def worker_stopped(node: str, queue: str | None = None) -> None:
 def workers_lost(queue: str | None = None) -> list[str]:
     """Workers whose liveness mark expired: killed, not stopped. Each is reported to one
     sweep only (the SREM that removes it decides)."""
-    from .celery_app import celery
-
-    with celery.connection_for_write() as conn:
-        client = _redis_client(conn)
+    with _broker_redis() as client:
         if client is None:
             return []
         lost = []

@@ -29,11 +29,6 @@ IN_PROGRESS_GRACE = timedelta(seconds=10)
 log = structlog.get_logger()
 
 
-def _database_unavailable():
-    # this middleware runs outside the app's error handlers: answer as they would
-    return database_unavailable()
-
-
 def idempotency_table(schema: str) -> Table:
     key = f"{schema}.idempotency_keys"
     if key in SQLModel.metadata.tables:
@@ -91,7 +86,8 @@ class IdempotencyMiddleware:
             replay = await self._claim(scoped, digest)
         except (DBAPIError, OSError) as e:
             log.warning("database_unavailable", path=scope["path"], error=str(e)[:300])
-            return await _database_unavailable()(scope, receive, send)
+            # this middleware runs outside the app's error handlers: answer as they would
+            return await database_unavailable()(scope, receive, send)
         if replay is not None:
             return await replay(scope, receive, send)
 

@@ -17,6 +17,7 @@ from services.common.http import ServiceClient
 
 log = structlog.get_logger()
 orders_client = ServiceClient("orders")
+PUSH_BATCH = 5000  # rows per push (a handover can move a whole group)
 
 
 def binding(shopper_id: int, leader_id: int, version: int) -> dict:
@@ -72,6 +73,3 @@ async def _push(db, shoppers: list[int], leaders: list[int]) -> None:
                 "leaders": leader_terms[i : i + PUSH_BATCH],
             },
         )
-
-
-PUSH_BATCH = 5000
