@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-unit test-chaos lint format bench bench-cpu clean
+.PHONY: install run test test-repeat test-unit test-chaos lint format bench bench-cpu clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# the whole suite N times in a row on a fresh clone of HEAD, and a table of every run and
+# every failed test with its first error line (docs/RELIABILITY.md, "The suite passes
+# every time"); BUSY=1 (or alt) keeps both cores busy, AT=23:59:30 starts every
+# process's clock at that local time (a comma list cycles)
+N ?= 10
+test-repeat: $(STAMP)
+	$(BIN)/python -m tests.repeat -n $(N) --busy $(or $(BUSY),0) --at $(or $(AT),now) $(if $(KEEP),--keep,)
 
 # the long variants of the reliability suite: a larger fuzzing budget, more race rounds,
 # a busier sale day through the fault proxy (see docs/RELIABILITY.md)

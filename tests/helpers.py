@@ -74,8 +74,18 @@ async def bound_shopper(base: str, leader_id: int, name: str | None = None) -> A
     return api
 
 
+_days_handed_out: set[date] = set()
+
+
 def future_day(days_ahead: int) -> date:
-    return local_today("Asia/Shanghai") + timedelta(days=days_ahead)
+    """A sale day about `days_ahead` days from today, never one handed out before in this
+    run: `future_day(3)` taken before midnight in Shanghai and `future_day(2)` taken after
+    it are the same date, and two tests publishing one day collide."""
+    day = local_today("Asia/Shanghai") + timedelta(days=days_ahead)
+    while day in _days_handed_out:
+        day += timedelta(days=1)
+    _days_handed_out.add(day)
+    return day
 
 
 async def make_products(api: Api, n: int, price: int = 1500) -> list[dict]:
@@ -133,12 +143,16 @@ async def eventually(check, timeout: float = 20.0, interval: float = 0.2):
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
 
 
-_day_counter = iter(range(40, 400))
+# the longest time travel of any test (tests/leaders/test_tiers.py: 29 + 1 + 31 days)
+LONGEST_TIME_TRAVEL_DAYS = 61
+_day_counter = iter(range(LONGEST_TIME_TRAVEL_DAYS + 40, LONGEST_TIME_TRAVEL_DAYS + 140))
 
 
 def unique_day():
     """A sale day of its own for one test, far enough ahead that no other test's time
-    travel (up to ~35 days) reaches its cutoff."""
+    travel reaches its cutoff: the beat closes every day whose cutoff the moved clock has
+    passed, and a day a module's fixture shares between tests must stay open through all
+    of them. (The counter began at 40 days while a tier test travels 61.)"""
     return future_day(next(_day_counter))
 
 

@@ -33,12 +33,19 @@ class Clock:
         return self._offset
 
     def advance(self, delta: timedelta) -> None:
+        self.set_offset(self._read_offset() + delta)
+
+    def set_offset(self, offset: timedelta) -> None:
         if self._offset_file:
-            current = self._read_offset() + delta
-            with open(self._offset_file, "w") as f:
-                f.write(str(current.total_seconds()))
+            # replaced whole, never truncated then written: a process reading the clock
+            # at that moment sees the old offset or the new one, never an empty file
+            # (which read as no offset at all: the real time, for one call)
+            tmp = f"{self._offset_file}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                f.write(str(offset.total_seconds()))
+            os.replace(tmp, self._offset_file)
         else:
-            self._offset += delta
+            self._offset = offset
 
     def reset(self) -> None:
         self._offset = timedelta(0)

@@ -10,11 +10,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,10 +31,53 @@ from .settings import SERVICES
 PY = sys.executable
 
 
+# port -> the lock file that keeps it ours until this process exits
+_PORTS_HELD: dict[int, int] = {}
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a process this one is about to start, kept for this process's life.
+
+    The port the kernel hands out for `bind(0)` comes from the ephemeral range, the same
+    range every outgoing connection on the machine draws its local port from; a service
+    started seconds later (or restarted on the same port by a test) could find it taken
+    by any client's connection, and two test runs could pick the same one between its
+    release and its use. So: a port below the ephemeral range, where no outgoing
+    connection lands, reserved across processes by a lock file this process holds until
+    it exits, and free right now."""
+    low, high = _ephemeral_range()
+    span = (10000, low) if low > 12000 else (high + 1, 65535)
+    lock_dir = os.path.join(tempfile.gettempdir(), "groupbuy-ports")
+    os.makedirs(lock_dir, exist_ok=True)
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(*span)
+        if port in _PORTS_HELD:
+            continue
+        fd = os.open(os.path.join(lock_dir, f"{port}.lock"), os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                os.close(fd)
+                continue
+        _PORTS_HELD[port] = fd
+        return port
+    raise RuntimeError(f"no free port in {span[0]}-{span[1]}")
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -37,9 +37,11 @@ async def test_orphaned_reservation_is_released_and_real_orders_keep_theirs(gate
         await s.execute(
             text(
                 "INSERT INTO catalog.reservations (order_id, deal_id, shopper_id, quantity, status, "
-                "created_at) VALUES (987654321, :d, 1, 3, 'held', now())"
+                "created_at) VALUES (987654321, :d, 1, 3, 'held', :at)"
             ),
-            {"d": deal["id"]},
+            # the platform's clock, as the catalog stamps a hold (not the database's, which
+            # a run started with TEST_CLOCK_START sets apart)
+            {"d": deal["id"], "at": clock.now()},
         )
 
     def ordered(body):

@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from services.common.clock import clock
 from services.common.db import get_db
+from tests.conftest import reset_clock
 from tests.helpers import bound_shopper, eventually, make_products, shopper, staff, unique_day
 
 pytestmark = pytest.mark.e2e
@@ -73,7 +74,7 @@ async def test_two_leaders_one_day(gateway_url):
         return (await late.get(f"/orders/{unpaid['id']}")).json()["status"] == "cancelled"
 
     await eventually(expired)
-    clock.reset()
+    reset_clock()
 
     async def stock_back():
         d = (await ops.get(f"/catalog/days/{day}")).json()

@@ -6,11 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
-from services.common.clock import clock
+from services.common.clock import clock, local_today
 from tests.helpers import (
     bound_shopper,
     eventually,
-    future_day,
     problem_of,
     publish_day,
     shopper,
@@ -159,7 +158,10 @@ async def test_handover_invite_and_dashboard(gateway_url):
     assert r.status_code == 404 and problem_of(r)["code"] == "invite_not_found"
     members = [joiner] + [await bound_shopper(base, old.leader_id) for _ in range(3)]
 
-    # the dashboard: 3 orders by 2 of 4 members, one of them twice
+    # the dashboard: 3 orders by 2 of 4 members, one of them twice; the day before they
+    # were placed is taken first (taken after, it was their own day when the run crossed
+    # midnight in Shanghai between the two)
+    yesterday = (local_today("Asia/Shanghai") - timedelta(days=1)).isoformat()
     for sh in (members[0], members[0], members[1]):
         await _order_of(sh, old.leader_id)
 
@@ -171,7 +173,6 @@ async def test_handover_invite_and_dashboard(gateway_url):
     assert (d["gmv_fen"], d["active_buyers"], d["members"], d["new_members"]) == (9000, 2, 4, 4)
     assert Decimal(d["repeat_purchase_rate"]) == Decimal("0.5")
     assert Decimal(d["conversion_rate"]) == Decimal("0.5")
-    yesterday = future_day(-1).isoformat()
     r = await old.get("/leaders/me/dashboard", params={"from": yesterday, "to": yesterday})
     assert r.json()["orders"] == 0
     r = await old.get("/leaders/me/dashboard", params={"from": "2026-02-01", "to": "2026-01-01"})

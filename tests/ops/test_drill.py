@@ -8,7 +8,7 @@ import psycopg
 
 from services.common import devstack
 from services.common.drill import Figures, compare
-from tests.helpers import bound_shopper, shopper, staff
+from tests.helpers import bound_shopper, open_day, shopper, staff, unique_day
 from tests.ops.test_cli import groupbuy, scratch_db  # noqa: F401 - the fixture
 from tests.settlement.conftest import earn_available, leader_api, new_leader
 
@@ -29,7 +29,10 @@ async def populate(base: str) -> None:
     ops = await staff(base)
     demo_leader = await shopper(base, "leader-standard")
     alice = await bound_shopper(base, demo_leader.user["leader_id"])
-    deal = (await alice.get("/catalog/today")).json()["deals"][0]["id"]
+    # a day of its own: `/catalog/today` is whichever open day is earliest in the whole
+    # suite's data, and a tier test's 61 days of time travel had the beat close the
+    # demo's day (and every day before it) by the time the drill ran
+    deal = (await open_day(ops, unique_day(), price=1200, stock=50, limit=5))[0]["id"]
     r = await alice.post("/orders", json={"items": [{"deal_id": deal, "quantity": 1}]})
     assert r.status_code == 201, r.text
     r = await alice.post(f"/orders/{r.json()['id']}/pay", json={"payment_method": "pm_card_visa"})

@@ -4,6 +4,7 @@ process reports what an operator watches."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import uuid
@@ -196,8 +197,15 @@ async def test_services_and_gateway_report_metrics(ops_platform, flow):
 async def test_outbox_lag_is_the_age_of_the_oldest_unpublished_event(ops_platform):
     db = get_db("settlement")
     event_id = uuid.uuid4()
-    async with db.transaction() as s:
-        await s.execute(
+    url = f"{ops_platform.service_url('settlement')}/metrics"
+    # The probe must be held as a stuck relay holds a row (locked, so the sweeps skip it)
+    # from the moment it is visible. Locked after its commit, the sweep (every second)
+    # could publish it first. So the holder asks for the table in EXCLUSIVE mode while
+    # the probe's insert is still open: it waits for that commit, and every relay that
+    # comes later (FOR UPDATE needs ROW SHARE) queues behind the holder; reading the
+    # lag (a plain SELECT) is not blocked.
+    async with db.engine.connect() as writer, db.engine.connect() as holder:
+        await writer.execute(
             text(
                 "INSERT INTO settlement.outbox (id, topic, payload, created_at) "
                 "VALUES (:id, 'ops.lag_probe', CAST(:p AS jsonb), :at)"
@@ -208,12 +216,26 @@ async def test_outbox_lag_is_the_age_of_the_oldest_unpublished_event(ops_platfor
                 "at": clock.now() - timedelta(hours=1),
             },
         )
-    url = f"{ops_platform.service_url('settlement')}/metrics"
-    try:
-        # hold the row as a stuck relay would: the sweeps skip it, the lag must show it
-        async with db.transaction() as s:
+        holder_pid = (await holder.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        lock = asyncio.create_task(
+            holder.execute(text("LOCK TABLE settlement.outbox IN EXCLUSIVE MODE"))
+        )
+
+        async def holder_waits():
+            async with db.session() as s:
+                return (
+                    await s.execute(
+                        text("SELECT count(*) FROM pg_locks WHERE pid = :p AND NOT granted"),
+                        {"p": holder_pid},
+                    )
+                ).scalar_one()
+
+        await eventually(holder_waits)
+        await writer.commit()
+        await lock
+        try:
             locked = (
-                await s.execute(
+                await holder.execute(
                     text(
                         "SELECT id FROM settlement.outbox WHERE id = :id "
                         "AND published_at IS NULL FOR UPDATE NOWAIT"
@@ -229,19 +251,21 @@ async def test_outbox_lag_is_the_age_of_the_oldest_unpublished_event(ops_platfor
                 for s in _samples(body, "groupbuy_outbox_lag_seconds")
                 if s.labels["schema"] == "settlement"
             ]
-            assert len(lag) == 1 and lag[0] >= 3600
-    finally:
+            assert len(lag) == 1 and lag[0] >= 3600, lag
+        finally:
+            await holder.rollback()
 
-        async def published():
-            async with db.session() as s:
-                return (
-                    await s.execute(
-                        text("SELECT published_at FROM settlement.outbox WHERE id = :id"),
-                        {"id": event_id},
-                    )
-                ).scalar_one()
+    # let go, the sweep publishes the probe and the lag falls back
+    async def published():
+        async with db.session() as s:
+            return (
+                await s.execute(
+                    text("SELECT published_at FROM settlement.outbox WHERE id = :id"),
+                    {"id": event_id},
+                )
+            ).scalar_one()
 
-        await eventually(published)
+    await eventually(published)
 
     async with httpx.AsyncClient(timeout=10) as c:
         body = (await c.get(url)).text
