@@ -9,6 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,11 +20,15 @@ import psycopg
 from psycopg.rows import dict_row
 
 from services.common import devstack
+from services.common.idempotency import IN_PROGRESS_GRACE
 from services.common.payments import PaymentProvider
 from services.common.settings import SERVICES
 from tests.conftest import DATA
 
 RETRYABLE = {502, 503, 504}
+# how long a restarted service may take to answer again (devstack.wait_http's limit) plus
+# how long a claim its predecessor left stays in progress
+PATIENCE_S = 60.0 + IN_PROGRESS_GRACE.total_seconds()
 # callers give up on a peer or the provider after TIMEOUT_S; a `late` answer comes after
 TIMEOUT_S = 2.0
 LATE_S = 2.5
@@ -183,16 +188,20 @@ class Client:
         self.user: dict = {}
         self.http = httpx.AsyncClient(base_url=base, timeout=30)
 
-    async def call(
-        self, method: str, path: str, *, attempts: int = 60, key: str | None = None, **kw
-    ) -> httpx.Response:
+    async def call(self, method: str, path: str, *, key: str | None = None, **kw) -> httpx.Response:
         headers = dict(kw.pop("headers", None) or {})
         if self.token:
             headers["authorization"] = f"Bearer {self.token}"
         if method in ("POST", "PUT"):
             headers["idempotency-key"] = key or uuid.uuid4().hex
         last: object = None
-        for attempt in range(attempts):
+        # a patient client: it keeps trying for as long as the platform may take to come
+        # back, not a count of tries (60 tries, ~30 s, can run out on a loaded machine
+        # while a restarted service is still starting and its stale claim in its grace)
+        deadline = time.monotonic() + PATIENCE_S
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 r = await self.http.request(method, path, headers=headers, **kw)
             except httpx.TransportError as e:
@@ -203,8 +212,12 @@ class Client:
                     return r
                 last = r
             self.stats.retries[f"{method} {path.split('/')[1]}"] += 1
-            await asyncio.sleep(min(0.05 * 2**attempt, 0.5))  # backing off, ~30 s in all
-        raise AssertionError(f"{method} {path} still failing after {attempts} tries: {last!r}")
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{method} {path} still failing after {attempt} tries in {PATIENCE_S} s: "
+                    f"{last!r}"
+                )
+            await asyncio.sleep(min(0.05 * 2**attempt, 0.5))
 
     async def aclose(self) -> None:
         await self.http.aclose()
