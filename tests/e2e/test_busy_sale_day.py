@@ -57,7 +57,7 @@ async def test_two_leaders_one_day(gateway_url):
                 ]
             },
         )
-        assert r.status_code == 201
+        assert r.status_code == 201, r.text
         r = await who.post(f"/orders/{r.json()['id']}/pay", json={"payment_method": "pm_card_visa"})
         assert r.json()["status"] == "paid"
         orders[id(who)] = r.json()
@@ -99,7 +99,7 @@ async def test_two_leaders_one_day(gateway_url):
             o = (await who.get(f"/orders/{orders[id(who)]['id']}")).json()
             assert o["refunded_fen"] == 1010  # the flop's line came back
             r = await leader.post("/orders/pickups", json={"pickup_code": o["pickup_code"]})
-            assert r.status_code == 200
+            assert r.status_code == 200, r.text
 
     # an after-sales refund of one egg box for one east shopper, approved by staff
     buyer = east_buyers[1]
@@ -109,7 +109,7 @@ async def test_two_leaders_one_day(gateway_url):
         f"/orders/{order['id']}/after-sales",
         json={"lines": [{"line_id": egg_line["id"], "quantity": 1}], "reason": "cracked"},
     )
-    assert r.status_code == 201
+    assert r.status_code == 201, r.text
     r = await ops.post(f"/orders/after-sales/{r.json()['id']}/approve", json={"note": "ok"})
     assert r.status_code == 200 and r.json()["status"] == "approved"
 

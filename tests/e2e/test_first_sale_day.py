@@ -109,7 +109,7 @@ async def test_a_whole_sale_day(gateway_url, seeded):
         assert r.status_code == 201, r.text
         deals.append(r.json())
     r = await ops.post(f"/catalog/days/{day}/publish")
-    assert r.status_code == 422
+    assert r.status_code == 422, r.text
     assert problem_of(r)["code"] == "catalog_size"
     assert "7" in r.json()["detail"]
     r = await ops.post(
@@ -122,7 +122,7 @@ async def test_a_whole_sale_day(gateway_url, seeded):
             "group_threshold": 0,
         },
     )
-    assert r.status_code == 201
+    assert r.status_code == 201, r.text
     r = await ops.post(f"/catalog/days/{day}/publish")
     assert r.status_code == 200 and r.json()["status"] == "published"
     tomato_deal, flop_deal, scarce_deal = deals[0], deals[1], deals[2]
@@ -164,7 +164,7 @@ async def test_a_whole_sale_day(gateway_url, seeded):
             "card": {"number": "4000000000000002", "exp_month": 12, "exp_year": 2030, "cvc": "123"}
         },
     )
-    assert r.status_code == 402
+    assert r.status_code == 402, r.text
     assert problem_of(r)["code"] == "card_declined"
     r = await bob.get(f"/orders/{declined['id']}")
     assert r.json()["status"] == "pending_payment" and r.json()["pickup_code"] is None
@@ -205,10 +205,10 @@ async def test_a_whole_sale_day(gateway_url, seeded):
                 "content-type": "application/json",
             },
         )
-        assert r.status_code == 400
+        assert r.status_code == 400, r.text
         assert problem_of(r)["code"] == "invalid_signature"
         r = await anon.post("/payments/webhook", content=forged_event)
-        assert r.status_code == 400
+        assert r.status_code == 400, r.text
     r = await bob.get(f"/orders/{declined['id']}")
     assert r.json()["status"] == "pending_payment"
 
@@ -230,7 +230,7 @@ async def test_a_whole_sale_day(gateway_url, seeded):
             r = await racer.post(
                 f"/orders/{res.json()['id']}/pay", json={"payment_method": "pm_card_visa"}
             )
-            assert r.status_code == 200
+            assert r.status_code == 200, r.text
 
     # 7. another shopper cannot read alice's order
     r = await bob.get(f"/orders/{order['id']}")
@@ -300,9 +300,9 @@ async def test_a_whole_sale_day(gateway_url, seeded):
     ).items()
     other_leader = await _leader(base, "leader-advanced")
     r = await other_leader.post(f"/orders/delivery-lists/{lists[0]['id']}/received")
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
     r = await leader.post(f"/orders/delivery-lists/{lists[0]['id']}/received")
-    assert r.status_code == 200
+    assert r.status_code == 200, r.text
     r = await alice.get(f"/orders/{order['id']}")
     assert r.json()["status"] == "ready_for_pickup"
     code = r.json()["pickup_code"]

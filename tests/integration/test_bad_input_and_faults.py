@@ -46,7 +46,7 @@ async def test_malformed_orders_are_422_and_write_nothing(gateway_url, day_with_
     alice = await bound_shopper(gateway_url, day_with_deal["leader_id"])
     before = await _order_count()
     r = await alice.post("/orders", json=body)
-    assert r.status_code == 422
+    assert r.status_code == 422, r.text
     assert problem_of(r)["code"] == code
     assert await _order_count() == before
 
@@ -64,7 +64,7 @@ async def test_unknown_deal_is_404_and_holds_no_stock(gateway_url, day_with_deal
             ]
         },
     )
-    assert r.status_code == 404
+    assert r.status_code == 404, r.text
     assert problem_of(r)["code"] == "deal_not_found"
     assert await _order_count() == before
     r = await alice.get(f"/catalog/days/{day_with_deal['day']}")
@@ -75,7 +75,7 @@ async def test_per_shopper_limit_holds_across_orders(gateway_url, day_with_deal)
     alice = await bound_shopper(gateway_url, day_with_deal["leader_id"])
     deal = day_with_deal["deals"][1]
     r = await alice.post("/orders", json={"items": [{"deal_id": deal["id"], "quantity": 2}]})
-    assert r.status_code == 201
+    assert r.status_code == 201, r.text
     r = await alice.post("/orders", json={"items": [{"deal_id": deal["id"], "quantity": 2}]})
     assert r.status_code == 422 and problem_of(r)["code"] == "per_shopper_limit"
     r = await alice.post("/orders", json={"items": [{"deal_id": deal["id"], "quantity": 1}]})
@@ -111,14 +111,14 @@ async def test_bad_catalog_input(gateway_url, day_with_deal):
         "/catalog/products",
         json={"sku": "X-2", "name": "x", "category": "fresh", "list_price_fen": 1.5},
     )
-    assert r.status_code == 422
+    assert r.status_code == 422, r.text
     r = await ops.post(
         f"/catalog/days/{day_with_deal['day']}/deals",
         json={"product_id": 1, "group_price_fen": 100, "stock": 5, "per_shopper_limit": 1},
     )
     assert r.status_code == 409 and problem_of(r)["code"] == "sale_day_read_only"
     r = await ops.get("/catalog/days/not-a-date")
-    assert r.status_code == 422
+    assert r.status_code == 422, r.text
 
 
 async def test_roles_and_tokens(gateway_url, day_with_deal):
@@ -128,7 +128,7 @@ async def test_roles_and_tokens(gateway_url, day_with_deal):
         r = await anon.get("/orders", headers={"authorization": "Bearer not.a.jwt"})
         assert r.status_code == 401 and problem_of(r)["code"] == "invalid_token"
         r = await anon.get("/internal/shoppers/1/leader")
-        assert r.status_code == 404
+        assert r.status_code == 404, r.text
         r = await anon.post("/auth/staff/token", data={"username": "staff", "password": "nope"})
         assert r.status_code == 401 and problem_of(r)["code"] == "invalid_credentials"
     alice = await bound_shopper(gateway_url, day_with_deal["leader_id"])
@@ -182,4 +182,4 @@ async def test_a_stopped_service_is_a_fast_503(gateway_url, platform, day_with_d
     finally:
         platform.start_service("settlement")
     r = await leader.get("/settlement/me/balance")
-    assert r.status_code == 200
+    assert r.status_code == 200, r.text

@@ -34,14 +34,14 @@ async def test_application_rules_and_outcomes(gateway_url):
 
     # only staff list and decide
     r = await alice.get("/leaders/applications")
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
     r = await alice.post(f"/leaders/applications/{first['id']}/approve")
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
     r = await ops.get("/leaders/applications", params={"status": "pending"})
     assert first["id"] in [a["id"] for a in r.json()["items"]]
 
     r = await ops.post(f"/leaders/applications/{first['id']}/reject", json={"reason": ""})
-    assert r.status_code == 422
+    assert r.status_code == 422, r.text
     r = await ops.post(
         f"/leaders/applications/{first['id']}/reject", json={"reason": "pickup point too small"}
     )
@@ -55,7 +55,7 @@ async def test_application_rules_and_outcomes(gateway_url):
     assert me["id"] is None and me["application"]["status"] == "rejected"
     assert me["application"]["reason"] == "pickup point too small"
     r = await alice.post("/leaders/applications", json=application())
-    assert r.status_code == 201
+    assert r.status_code == 201, r.text
     second = r.json()
     r = await ops.post(f"/leaders/applications/{second['id']}/approve")
     assert r.status_code == 200 and r.json()["leader_id"]
@@ -79,7 +79,7 @@ async def test_application_rules_and_outcomes(gateway_url):
     assert members == 0
     # the token still says shopper until alice signs in again
     r = await alice.post("/leaders/me/deposit")
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
 
 
 async def test_two_simultaneous_applications_leave_one_open(gateway_url):
@@ -200,7 +200,7 @@ async def test_deductions_history_and_refund_on_leaving(gateway_url):
     r = await leader.post(
         f"/leaders/{lid}/deposit/deductions", json={"amount_fen": 100, "reason": "late"}
     )
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
     r = await ops.post(f"/leaders/{lid}/deposit/deductions", json={"amount_fen": 5000})
     assert r.status_code == 422  # a reason is required
     r = await ops.post(
@@ -234,7 +234,7 @@ async def test_deductions_history_and_refund_on_leaving(gateway_url):
     r = await ops.get(f"/leaders/{lid}/deposit/history")
     assert r.json()["items"] == mine
     r = await other.get(f"/leaders/{lid}/deposit/history")
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
 
     # leaving in good standing: the rest goes back through the provider, once
     r = await ops.post(

@@ -79,9 +79,9 @@ async def test_complaints_and_suspension_stop_the_group_ordering(gateway_url):
     r = await leader.post(
         f"/leaders/complaints/{complaints[0]['id']}/resolve", json={"upheld": True, "note": "n"}
     )
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
     r = await ops.post(f"/leaders/complaints/{complaints[0]['id']}/resolve", json={"upheld": True})
-    assert r.status_code == 422
+    assert r.status_code == 422, r.text
     r = await ops.post(
         f"/leaders/complaints/{complaints[0]['id']}/resolve",
         json={"upheld": False, "note": "photo shows intact eggs"},
@@ -120,15 +120,15 @@ async def test_complaints_and_suspension_stop_the_group_ordering(gateway_url):
 
     # staff review: reinstate (reason required), then the group orders again
     r = await ops.post(f"/leaders/{lid}/reinstate", json={})
-    assert r.status_code == 422
+    assert r.status_code == 422, r.text
     r = await leader.post(f"/leaders/{lid}/reinstate", json={"reason": "me"})
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
     r = await ops.post(f"/leaders/{lid}/reinstate", json={"reason": "talked it through"})
     assert r.status_code == 200 and r.json()["status"] == "active"
     r = await ops.post(f"/leaders/{lid}/reinstate", json={"reason": "twice"})
     assert r.status_code == 409 and problem_of(r)["code"] == "leader_status_conflict"
     r = await shoppers[0].post("/orders", json=item)
-    assert r.status_code == 201
+    assert r.status_code == 201, r.text
 
     # terminated: no orders, and no way back
     r = await ops.post(f"/leaders/{lid}/terminate", json={"reason": "repeated violations"})
@@ -137,7 +137,7 @@ async def test_complaints_and_suspension_stop_the_group_ordering(gateway_url):
     r = await shoppers[0].post("/orders", json=item)
     assert r.status_code == 409 and problem_of(r)["code"] == "leader_suspended"
     r = await ops.post(f"/leaders/{lid}/reinstate", json={"reason": "no"})
-    assert r.status_code == 409
+    assert r.status_code == 409, r.text
 
 
 async def test_handover_invite_and_dashboard(gateway_url):
@@ -176,15 +176,15 @@ async def test_handover_invite_and_dashboard(gateway_url):
     r = await old.get("/leaders/me/dashboard", params={"from": yesterday, "to": yesterday})
     assert r.json()["orders"] == 0
     r = await old.get("/leaders/me/dashboard", params={"from": "2026-02-01", "to": "2026-01-01"})
-    assert r.status_code == 422
+    assert r.status_code == 422, r.text
     r = await members[0].get("/leaders/me/dashboard")
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
 
     # handover: staff only; the whole group moves, and new orders go to the new leader
     r = await old.post(
         f"/leaders/{old.leader_id}/handover", json={"to_leader_id": new.leader_id, "reason": "x"}
     )
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
     r = await ops.post(
         f"/leaders/{old.leader_id}/handover",
         json={"to_leader_id": new.leader_id, "reason": "old leader moved away"},
@@ -212,7 +212,7 @@ async def test_training_counts_and_the_trial(gateway_url):
         "/leaders/training/sessions",
         json={"starts_at": "2026-11-20T02:00:00Z", "topic": "x", "kind": "regular"},
     )
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
     recent = (clock.now() - timedelta(days=2)).isoformat()
     r = await ops.post(
         "/leaders/training/sessions",
@@ -223,11 +223,11 @@ async def test_training_counts_and_the_trial(gateway_url):
         r = await ops.post(
             f"/leaders/training/sessions/{session['id']}/attendance", json={"leader_ids": [lid]}
         )
-        assert r.status_code == 200
+        assert r.status_code == 200, r.text
     r = await ops.post(
         f"/leaders/training/sessions/{session['id']}/attendance", json={"leader_ids": [10**8]}
     )
-    assert r.status_code == 404
+    assert r.status_code == 404, r.text
     r = await leader.get("/leaders/me")
     me = r.json()
     assert me["tier_progress"]["metrics"]["trainings"] == 1

@@ -66,7 +66,7 @@ async def test_promotion_history_event_and_new_rate(gateway_url):
     await eventually(lambda: _completed(leader, 10))
 
     r = await leader.post("/leaders/evaluations/run")
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
     r = await ops.post("/leaders/evaluations/run", json={"leader_ids": [lid]})
     assert r.status_code == 200, r.text
     changes = r.json()["changes"]
@@ -93,9 +93,9 @@ async def test_promotion_history_event_and_new_rate(gateway_url):
     assert r.json()["items"] == history
     other = await new_leader(base, ops)
     r = await other.get(f"/leaders/{lid}/tier-history")
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
     r = await alice.get(f"/leaders/{lid}/tier-history")
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
 
     async with get_db("leaders").session() as s:
         events = (

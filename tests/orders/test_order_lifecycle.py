@@ -112,7 +112,7 @@ async def test_money_arriving_after_expiry_goes_back(gateway_url, world, infra):
     r = await bob.post(
         f"/orders/{order['id']}/pay", json={"payment_method": "pm_card_visa_chargeDeclined"}
     )
-    assert r.status_code == 402
+    assert r.status_code == 402, r.text
     intent_id = (await bob.get(f"/orders/{order['id']}")).json()["payment"]["intent_id"]
     clock.advance(timedelta(minutes=16))
 
@@ -183,7 +183,7 @@ async def test_after_sales_refund_is_paid_once_and_completion_follows(gateway_ur
         f"/orders/{order['id']}/after-sales",
         json={"lines": [{"line_id": line["id"], "quantity": 1}], "reason": "x"},
     )
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
     r = await dave.post(
         f"/orders/{order['id']}/after-sales",
         json={"lines": [{"line_id": line["id"], "quantity": 1}], "reason": "one bag was torn"},
@@ -254,7 +254,7 @@ async def test_lists_are_scoped_by_role_filtered_and_paginated(gateway_url, worl
     r = await world["ops"].get("/orders", params={"pickup_date": mine[0]["pickup_date"]})
     assert {o["id"] for o in mine} <= {o["id"] for o in r.json()["items"]}
     r = await frank.get("/orders", params={"cursor": "garbage!"})
-    assert r.status_code == 422
+    assert r.status_code == 422, r.text
 
 
 async def test_racing_pay_calls_charge_once(gateway_url, world):
@@ -315,7 +315,7 @@ async def test_shopper_cancels_while_unpaid_only(gateway_url, world):
     ).json()
     other = await bound_shopper(gateway_url, world["standard"].user["leader_id"])
     r = await other.post(f"/orders/{order['id']}/cancel")
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
     r = await ivy.post(f"/orders/{order['id']}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
 

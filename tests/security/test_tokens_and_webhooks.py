@@ -115,7 +115,7 @@ async def test_forged_tokens_are_401_at_the_gateway_and_at_every_service(
             headers=headers,
             json={"sku": f"FORGED-{kind}", "name": "x", "category": "fresh", "list_price_fen": 1},
         )
-        assert r.status_code == 401
+        assert r.status_code == 401, r.text
     async with get_db("catalog").session() as s:
         n = await s.execute(
             text("SELECT count(*) FROM catalog.products WHERE sku = :sku"),

@@ -246,7 +246,7 @@ async def test_release_route_is_for_staff(gateway_url, sdb):
     r = await ops.post("/settlement/jobs/release")
     assert r.status_code == 200 and r.json()["released"] >= 1
     r = await me.get("/settlement/me/balance")
-    assert r.status_code == 200
+    assert r.status_code == 200, r.text
     assert {k: r.json()[k] for k in ("pending_fen", "available_fen", "withdrawn_fen")} == {
         "pending_fen": 0,
         "available_fen": 120,
@@ -257,7 +257,7 @@ async def test_release_route_is_for_staff(gateway_url, sdb):
     buyer = await shopper(gateway_url)
     for path in ("/settlement/me/balance", "/settlement/me/commissions"):
         r = await buyer.get(path)
-        assert r.status_code == 403
+        assert r.status_code == 403, r.text
     for api in (me, ops, buyer):
         await api.aclose()
 

@@ -86,7 +86,7 @@ async def test_statement_by_day_and_tier_with_csv(gateway_url, sdb):
     r = await me.get(
         "/settlement/me/statement", params={"month": "2026-03"}, headers={"accept": "text/csv"}
     )
-    assert r.status_code == 200
+    assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/csv")
     assert r.content.startswith(b"\xef\xbb\xbf")
     rows = list(csv.DictReader(io.StringIO(r.content.decode("utf-8-sig"))))
@@ -116,10 +116,10 @@ async def test_statement_by_day_and_tier_with_csv(gateway_url, sdb):
     r = await me.get("/settlement/me/statement", params={"month": "2026-13"})
     assert r.status_code == 422 and problem_of(r)["code"] == "invalid_month"
     r = await me.get("/settlement/me/statement", params={"month": "March"})
-    assert r.status_code == 422
+    assert r.status_code == 422, r.text
     buyer = await shopper(gateway_url)
     r = await buyer.get("/settlement/me/statement", params={"month": "2026-03"})
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
     for api in (me, buyer):
         await api.aclose()
 
@@ -175,6 +175,6 @@ async def test_reconciliation_lists_what_the_ledger_does_not_know(gateway_url, s
     assert r.status_code == 422 and problem_of(r)["code"] == "invalid_period"
     me = leader_api(gateway_url, leader)
     r = await me.get("/settlement/reconciliation")
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
     for api in (ops, me):
         await api.aclose()

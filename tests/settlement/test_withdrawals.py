@@ -77,12 +77,12 @@ async def test_request_limits_and_who_may_call(gateway_url, sdb):
     ops = await staff(gateway_url)
     for api in (buyer, ops):
         r = await api.post("/settlement/withdrawals", json={"amount_fen": 1000})
-        assert r.status_code == 403
+        assert r.status_code == 403, r.text
     r = await buyer.get("/settlement/withdrawals")
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
     for path in ("approve", "reject"):
         r = await me.post(f"/settlement/withdrawals/{w['id']}/{path}", json={"reason": "x"})
-        assert r.status_code == 403
+        assert r.status_code == 403, r.text
     for api in (me, buyer, ops):
         await api.aclose()
 
@@ -103,10 +103,10 @@ async def test_a_leader_sees_only_their_own_withdrawals_staff_see_all(gateway_ur
     ids = {w["id"] for w in r.json()["items"]}
     assert {wa["id"], wb["id"]} <= ids
     r = await ops.get("/settlement/withdrawals", params={"status": "bogus"})
-    assert r.status_code == 422
+    assert r.status_code == 422, r.text
     # a leader cannot act on another's withdrawal (approval is staff-only anyway)
     r = await a.post(f"/settlement/withdrawals/{wb['id']}/approve")
-    assert r.status_code == 403
+    assert r.status_code == 403, r.text
     for api in (a, b, ops):
         await api.aclose()
 
@@ -166,7 +166,7 @@ async def test_approval_pays_once_even_when_approved_twice_at_once(gateway_url, 
     assert r.json()["status"] == "paid"
     assert (await transfers_for(w2["id"]))[0].destination == transfers[0].destination
     r = await ops.post(f"/settlement/withdrawals/{w2['id']}/reject", json={"reason": "late"})
-    assert r.status_code == 409
+    assert r.status_code == 409, r.text
     r = await ops.post("/settlement/withdrawals/999999999/approve")
     assert r.status_code == 404 and problem_of(r)["code"] == "withdrawal_not_found"
     r = await me.get("/settlement/me/balance")
@@ -182,14 +182,14 @@ async def test_reject_needs_a_reason_and_returns_the_money(gateway_url, sdb):
     w = (await me.post("/settlement/withdrawals", json={"amount_fen": 1500})).json()
     ops = await staff(gateway_url)
     r = await ops.post(f"/settlement/withdrawals/{w['id']}/reject", json={})
-    assert r.status_code == 422
+    assert r.status_code == 422, r.text
     r = await ops.post(f"/settlement/withdrawals/{w['id']}/reject", json={"reason": ""})
-    assert r.status_code == 422
+    assert r.status_code == 422, r.text
     assert (await balances(leader))["withdrawing_fen"] == 1500
     r = await ops.post(
         f"/settlement/withdrawals/{w['id']}/reject", json={"reason": "bank details mismatch"}
     )
-    assert r.status_code == 200
+    assert r.status_code == 200, r.text
     assert (r.json()["status"], r.json()["reason"]) == ("rejected", "bank details mismatch")
     b = await balances(leader)
     assert (b["available_fen"], b["withdrawing_fen"], b["withdrawn_fen"]) == (1500, 0, 0)
@@ -208,7 +208,7 @@ async def test_a_failed_payout_returns_the_money_to_available(gateway_url, sdb):
     w = (await me.post("/settlement/withdrawals", json={"amount_fen": 2000})).json()
     ops = await staff(gateway_url)
     r = await ops.post(f"/settlement/withdrawals/{w['id']}/approve")
-    assert r.status_code == 200
+    assert r.status_code == 200, r.text
     assert r.json()["status"] == "failed" and r.json()["failure_code"]
     b = await balances(leader)
     assert (b["available_fen"], b["withdrawing_fen"], b["withdrawn_fen"]) == (2000, 0, 0)
