@@ -25,10 +25,10 @@ test: $(STAMP)
 # the whole suite N times in a row on a fresh clone of HEAD, and a table of every run and
 # every failed test with its first error line (docs/RELIABILITY.md, "The suite passes
 # every time"); BUSY=1 (or alt) keeps both cores busy, AT=23:59:30 starts every
-# process's clock at that local time (a comma list cycles)
+# process's clock at that local time (a comma list cycles); J=3 runs three at a time
 N ?= 10
 test-repeat: $(STAMP)
-	$(BIN)/python -m tests.repeat -n $(N) --busy $(or $(BUSY),0) --at $(or $(AT),now) $(if $(KEEP),--keep,)
+	$(BIN)/python -m tests.repeat -n $(N) -j $(or $(J),1) --busy $(or $(BUSY),0) --at $(or $(AT),now) $(if $(KEEP),--keep,)
 
 # the long variants of the reliability suite: a larger fuzzing budget, more race rounds,
 # a busier sale day through the fault proxy (see docs/RELIABILITY.md)

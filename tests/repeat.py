@@ -11,9 +11,11 @@ Conditions, to find what fails only sometimes:
   AT=23:59:30   every process's clock starts at that local (Asia/Shanghai) time today
                 (TEST_CLOCK_START, see tests/conftest.py); a comma list cycles through
                 times, e.g. AT=22:59:30,23:59:30,now
-  KEEP=1        keep the clone (under .data/repeat/) after the runs
+  J=3           three runs at a time, each in a clone of its own (a run that shares the
+                machine with two others is a busy run too)
+  KEEP=1        keep the clones (under .data/repeat/) after the runs
 
-Usage: python -m tests.repeat [-n N] [--busy {0,1,alt}] [--at T[,T...]]
+Usage: python -m tests.repeat [-n N] [-j J] [--busy {0,1,alt}] [--at T[,T...]]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -129,9 +132,31 @@ def fresh_clone(dest: Path) -> str:
     ).stdout.strip()
 
 
+def run_once(run: Run, clone: Path, work: Path) -> Run:
+    env = {k: v for k, v in os.environ.items() if k not in ("TEST_CLOCK_START", "MAKEFLAGS")}
+    if run.at != "now":
+        env["TEST_CLOCK_START"] = run.at
+    report = work / f"run-{run.number}.xml"
+    log = work / f"run-{run.number}.log"
+    run.started = datetime.now(UTC)
+    t0 = time.monotonic()
+    with open(log, "w") as out:
+        run.rc = subprocess.run(
+            ["make", "test", f"PYTEST_ARGS=--junitxml={report}"],
+            cwd=clone,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        ).returncode
+    run.seconds = time.monotonic() - t0
+    run.counts, run.failures = read_report(report)
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", type=int, default=10)
+    p.add_argument("-j", type=int, default=1, help="runs at once, each in a clone of its own")
     p.add_argument("--busy", choices=["0", "1", "alt"], default="0")
     p.add_argument("--at", default="now")
     p.add_argument("--keep", action="store_true")
@@ -139,58 +164,84 @@ def main(argv: list[str] | None = None) -> int:
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work = ROOT / ".data" / "repeat" / stamp
-    clone = work / "clone"
-    commit = fresh_clone(clone)
+    clones = [work / f"clone-{k}" for k in range(max(1, args.j))]
+    commit = ""
+    for clone in clones:
+        commit = fresh_clone(clone)
     times = [t.strip() for t in args.at.split(",") if t.strip()] or ["now"]
-    print(f"{args.n} runs of `make test` on a fresh clone of {commit} in {clone}", flush=True)
-
-    runs: list[Run] = []
-    for i in range(1, args.n + 1):
-        busy = args.busy == "1" or (args.busy == "alt" and i % 2 == 0)
-        at = times[(i - 1) % len(times)]
-        env = {k: v for k, v in os.environ.items() if k not in ("TEST_CLOCK_START", "MAKEFLAGS")}
-        if at != "now":
-            env["TEST_CLOCK_START"] = at
-        report = work / f"run-{i}.xml"
-        log = work / f"run-{i}.log"
-        burners = []
-        if busy:
-            burners = [
-                multiprocessing.Process(target=_burn, daemon=True)
-                for _ in range(os.cpu_count() or 2)
-            ]
-            for b in burners:
-                b.start()
-        run = Run(i, datetime.now(UTC), busy, at)
-        t0 = time.monotonic()
-        try:
-            with open(log, "w") as out:
-                run.rc = subprocess.run(
-                    ["make", "test", f"PYTEST_ARGS=--junitxml={report}"],
-                    cwd=clone,
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                ).returncode
-        finally:
-            for b in burners:
-                b.terminate()
-                b.join()
-        run.seconds = time.monotonic() - t0
-        run.counts, run.failures = read_report(report)
-        runs.append(run)
-        print(
-            f"run {i}/{args.n}: {'PASS' if run.ok else 'FAIL'} {_summary(run)} "
-            f"in {run.seconds:.0f} s (busy={busy}, clock={at}) log {log}",
-            flush=True,
+    print(
+        f"{args.n} runs of `make test` ({len(clones)} at a time) on fresh clones of {commit} "
+        f"in {work}",
+        flush=True,
+    )
+    pending = [
+        Run(
+            i,
+            datetime.now(UTC),
+            args.busy == "1" or (args.busy == "alt" and i % 2 == 0),
+            times[(i - 1) % len(times)],
         )
+        for i in range(1, args.n + 1)
+    ]
+    runs: list[Run] = []
+    lock = threading.Lock()
+    burners: list[multiprocessing.Process] = []
 
+    def set_burners() -> None:
+        # the machine is busy while any running run asked for it
+        with lock:
+            want = any(r.busy for r in running)
+            if want and not burners:
+                for _ in range(os.cpu_count() or 2):
+                    b = multiprocessing.Process(target=_burn, daemon=True)
+                    b.start()
+                    burners.append(b)
+            elif not want and burners:
+                for b in burners:
+                    b.terminate()
+                    b.join()
+                burners.clear()
+
+    running: list[Run] = []
+
+    def stream(clone: Path) -> None:
+        while True:
+            with lock:
+                if not pending:
+                    return
+                run = pending.pop(0)
+                running.append(run)
+            set_burners()
+            run_once(run, clone, work)
+            with lock:
+                running.remove(run)
+                runs.append(run)
+            set_burners()
+            print(
+                f"run {run.number}/{args.n}: {'PASS' if run.ok else 'FAIL'} {_summary(run)} "
+                f"in {run.seconds:.0f} s (busy={run.busy}, clock={run.at}) "
+                f"log {work / f'run-{run.number}.log'}",
+                flush=True,
+            )
+
+    threads = [threading.Thread(target=stream, args=(c,)) for c in clones]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for b in burners:
+            b.terminate()
+
+    runs.sort(key=lambda r: r.number)
     result = table(runs)
     (work / "table.md").write_text(f"Commit {commit}\n\n{result}\n")
     print()
     print(result)
     if not args.keep:
-        shutil.rmtree(clone, ignore_errors=True)
+        for clone in clones:
+            shutil.rmtree(clone, ignore_errors=True)
     return 0 if all(r.ok for r in runs) else 1
 
 
