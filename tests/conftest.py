@@ -46,13 +46,30 @@ def clock_start_offset(value: str | None, now: datetime | None = None) -> timede
     return target - now
 
 
+# The most connections one run holds at once: the platform's processes with their pools,
+# the private platforms of tests/security, the test process's own (measured with
+# pg_stat_activity, docs/RELIABILITY.md), with a margin.
+CONNECTIONS_NEEDED = int(os.environ.get("TEST_DB_CONNECTIONS_NEEDED", "80"))
+_postgres_note: str | None = None
+
+
 def _postgres_server(handles: list) -> str:
+    global _postgres_note
     url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
     if url:
         return devstack.with_database(url, "postgres")
     local = None if EMBEDDED_ONLY else devstack.local_postgres_url()
     if local:
-        return local
+        # A server other work also uses (other runs, other platforms) may not have the
+        # connections a run needs left: the run then failed half-way with "too many
+        # clients" in whichever test met the limit. Such a run uses a server of its own.
+        free = devstack.postgres_headroom(local)
+        if free >= CONNECTIONS_NEEDED:
+            return local
+        _postgres_note = (
+            f"127.0.0.1:5432 has {free} connections free, a run needs {CONNECTIONS_NEEDED}: "
+            "using an embedded PostgreSQL"
+        )
     server_url, handle = devstack.embedded_postgres(DATA / "pg")
     handles.append(handle)
     return server_url
@@ -214,3 +231,8 @@ def pytest_report_header(config):
         started = datetime.now(UTC) + clock_start_offset(at)
         return f"TEST_CLOCK_START={at}: every process's clock starts at {started.isoformat()}"
     return None
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _postgres_note:
+        terminalreporter.write_line(f"PostgreSQL: {_postgres_note}")

@@ -140,6 +140,17 @@ def local_postgres_url() -> str | None:
         return None
 
 
+def postgres_headroom(url: str) -> int:
+    """How many more connections the server at `url` would accept now."""
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=2) as conn:
+        return conn.execute(
+            "SELECT current_setting('max_connections')::int - count(*) FROM pg_stat_activity "
+            "WHERE backend_type = 'client backend'"
+        ).fetchone()[0]
+
+
 def local_redis_url() -> str | None:
     return "redis://127.0.0.1:6379/0" if port_open("127.0.0.1", 6379) else None
 
