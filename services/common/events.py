@@ -111,19 +111,6 @@ async def emit(
     return eid
 
 
-def outbox_rows_sql(schema: str, topic: str, source: str, payload_sql: str) -> str:
-    """SQL that writes one outbox event per row of `source` (a CTE or table) in the same
-    statement: set-based emission for jobs that move thousands of rows at once.
-    Needs the parameters :occurred_at (ISO text) and :now (timestamptz)."""
-    return (
-        f"INSERT INTO {schema}.outbox (id, topic, payload, created_at) "
-        f"SELECT e.eid, '{topic}', jsonb_build_object('id', e.eid::text, 'topic', '{topic}', "
-        f"'producer', '{schema}', 'occurred_at', CAST(:occurred_at AS text), 'payload', e.p), "
-        f"CAST(:now AS timestamptz) FROM (SELECT gen_random_uuid() AS eid, {payload_sql} AS p "
-        f"FROM {source}) e"
-    )
-
-
 async def emit_event(
     session: AsyncSession, schema: str, event: Event, event_id: uuid.UUID | None = None
 ) -> uuid.UUID:
