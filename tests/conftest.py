@@ -236,3 +236,26 @@ def pytest_report_header(config):
 def pytest_terminal_summary(terminalreporter):
     if _postgres_note:
         terminalreporter.write_line(f"PostgreSQL: {_postgres_note}")
+
+
+# the tests that drive the producers through the platform, whose events are checked (the
+# reliability suite kills databases and plants probe events, so it is left out)
+CONTRACT_CHECKED = {"catalog", "orders", "leaders", "e2e"}
+
+
+@pytest.fixture(autouse=True)
+async def _outbox_follows_contracts(request):
+    """After each test in CONTRACT_CHECKED, every event written to an outbox while it ran
+    keeps its topic's contract (tests/contracts.py)."""
+    here = request.node.path.parent.name
+    if here not in CONTRACT_CHECKED or "platform" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("platform")
+    from tests.contracts import broken_contracts, outbox_ids
+
+    seen = await outbox_ids()
+    yield
+    problems = await broken_contracts(seen)
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)

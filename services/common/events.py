@@ -1,8 +1,9 @@
 """Outbox and inbox: facts that happened travel between services reliably.
 
 * A producer writes the event to its own schema's `outbox` in the same transaction as
-  the change (`emit`). After commit, `kick` relays it to the broker; a periodic sweep
-  relays whatever a crash left behind. Publishing twice is allowed.
+  the change (`emit_event`, `emit_events`: a model of services/contracts/events.py).
+  After commit, `kick` relays it to the broker; a periodic sweep relays whatever a crash
+  left behind. Publishing twice is allowed.
 * A relay publishes its events in batches, one `events.dispatch` task each. The worker
   applies an event with a single subscriber there; one with several fans out to each
   subscriber as its own `events.consume` task, so one consumer's failure never blocks
@@ -14,13 +15,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
@@ -30,6 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import SQLModel
 
 from .clock import clock
+
+if TYPE_CHECKING:
+    from services.contracts.events import Event
 
 log = structlog.get_logger()
 
@@ -66,13 +71,17 @@ def inbox_table(schema: str) -> Table:
 
 
 def envelope(
-    topic: str, payload: dict[str, Any], producer: str, event_id: uuid.UUID | None = None
+    topic: str,
+    payload: dict[str, Any],
+    producer: str,
+    event_id: uuid.UUID | None = None,
+    at: datetime | None = None,
 ) -> dict[str, Any]:
     env = {
         "id": str(event_id or uuid.uuid4()),
         "topic": topic,
         "producer": producer,
-        "occurred_at": clock.now().isoformat(),
+        "occurred_at": (at or clock.now()).isoformat(),
         "payload": payload,
     }
     # the request that caused the event, so the tasks it triggers log under the same id
@@ -102,17 +111,54 @@ async def emit(
     return eid
 
 
-def outbox_rows_sql(schema: str, topic: str, source: str, payload_sql: str) -> str:
-    """SQL that writes one outbox event per row of `source` (a CTE or table) in the same
-    statement: set-based emission for jobs that move thousands of rows at once.
-    Needs the parameters :occurred_at (ISO text) and :now (timestamptz)."""
-    return (
-        f"INSERT INTO {schema}.outbox (id, topic, payload, created_at) "
-        f"SELECT e.eid, '{topic}', jsonb_build_object('id', e.eid::text, 'topic', '{topic}', "
-        f"'producer', '{schema}', 'occurred_at', CAST(:occurred_at AS text), 'payload', e.p), "
-        f"CAST(:now AS timestamptz) FROM (SELECT gen_random_uuid() AS eid, {payload_sql} AS p "
-        f"FROM {source}) e"
+async def emit_event(
+    session: AsyncSession, schema: str, event: Event, event_id: uuid.UUID | None = None
+) -> uuid.UUID:
+    """`emit` of a typed event (services/contracts/events.py): the model names the topic
+    and is the payload."""
+    return await emit(session, schema, event.topic, event.model_dump(mode="json"), event_id)
+
+
+async def emit_events(
+    session: AsyncSession, schema: str, events: Sequence[Event], at: datetime | None = None
+) -> None:
+    """`emit_event` for many events in one statement, however many there are (a cutoff
+    moves 100,000 orders): one outbox row each, all occurring `at` (the change's time)."""
+    if not events:
+        return
+    at = at or clock.now()
+    ids = _uuid4_texts(len(events))
+    # what all of them share, worked out once: per event it was most of the time
+    common = envelope("", {}, schema, None, at)
+    await session.execute(
+        text(
+            f"INSERT INTO {schema}.outbox (id, topic, payload, created_at) "
+            "SELECT v.id, v.topic, v.p, :now FROM unnest(CAST(:ids AS uuid[]), "
+            "CAST(:topics AS text[]), CAST(:p AS jsonb[])) AS v(id, topic, p)"
+        ),
+        {
+            "now": at,
+            "ids": ids,
+            "topics": [e.topic for e in events],
+            "p": [
+                orjson.dumps(
+                    common | {"id": i, "topic": e.topic, "payload": e.model_dump(mode="json")}
+                ).decode()
+                for i, e in zip(ids, events, strict=True)
+            ],
+        },
     )
+
+
+def _uuid4_texts(n: int) -> list[str]:
+    """`n` random (version 4) UUIDs as text, as `str(uuid.uuid4())` writes them: that took
+    3.7 us of CPU an event here, a fifth of writing a cutoff's 100,000; this takes 0.9 us."""
+    h = os.urandom(16 * n).hex()
+    return [
+        f"{h[k : k + 8]}-{h[k + 8 : k + 12]}-4{h[k + 13 : k + 16]}-"
+        f"{'89ab'[int(h[k + 16], 16) & 3]}{h[k + 17 : k + 20]}-{h[k + 20 : k + 32]}"
+        for k in range(0, 32 * n, 32)
+    ]
 
 
 PUBLISH_BATCH = 100

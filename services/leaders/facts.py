@@ -4,13 +4,19 @@ upsert that only fills in or moves forward."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.events import occurred_at
+from services.contracts.events import (
+    OrderCancelled,
+    OrderCompleted,
+    OrderPaid,
+    OrderPickedUp,
+    OrderRefunded,
+)
 
 UPSERT = """
 INSERT INTO leaders.order_facts (order_id, leader_id, shopper_id, total_fen, refunded_fen,
@@ -30,10 +36,6 @@ ON CONFLICT (order_id) DO UPDATE SET
 """
 
 
-def _ts(value: Any) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
 async def upsert(s: AsyncSession, order_id: int, **fields: Any) -> None:
     params = {
         "o": order_id,
@@ -51,62 +53,53 @@ async def upsert(s: AsyncSession, order_id: int, **fields: Any) -> None:
     await s.execute(text(UPSERT), params)
 
 
-def _sale_date(p: dict) -> date | None:
-    return date.fromisoformat(p["sale_date"]) if p.get("sale_date") else None
-
-
-async def on_paid(s: AsyncSession, p: dict, env: dict) -> None:
+async def on_paid(s: AsyncSession, e: OrderPaid, env: dict) -> None:
     await upsert(
         s,
-        int(p["order_id"]),
-        leader=p.get("leader_id"),
-        shopper=p.get("shopper_id"),
-        total=p.get("total_fen"),
-        sale_date=_sale_date(p),
+        e.order_id,
+        leader=e.leader_id,
+        shopper=e.shopper_id,
+        total=e.total_fen,
+        sale_date=e.sale_date,
         paid_at=occurred_at(env),
     )
 
 
-async def on_picked_up(s: AsyncSession, p: dict, env: dict) -> None:
+async def on_picked_up(s: AsyncSession, e: OrderPickedUp, env: dict) -> None:
     await upsert(
         s,
-        int(p["order_id"]),
-        leader=p.get("leader_id"),
-        shopper=p.get("shopper_id"),
-        total=p.get("total_fen"),
-        refunded=p.get("refunded_fen"),
-        sale_date=_sale_date(p),
-        picked_up_at=_ts(p.get("picked_up_at")) or occurred_at(env),
+        e.order_id,
+        leader=e.leader_id,
+        shopper=e.shopper_id,
+        total=e.total_fen,
+        refunded=e.refunded_fen,
+        sale_date=e.sale_date,
+        picked_up_at=e.picked_up_at,
     )
 
 
-async def on_completed(s: AsyncSession, p: dict, env: dict) -> None:
+async def on_completed(s: AsyncSession, e: OrderCompleted, env: dict) -> None:
     await upsert(
         s,
-        int(p["order_id"]),
-        leader=p.get("leader_id"),
-        shopper=p.get("shopper_id"),
-        total=p.get("total_fen"),
-        refunded=p.get("refunded_fen"),
-        completed_at=_ts(p.get("completed_at")) or occurred_at(env),
+        e.order_id,
+        leader=e.leader_id,
+        shopper=e.shopper_id,
+        total=e.total_fen,
+        refunded=e.refunded_fen,
+        completed_at=e.completed_at,
     )
 
 
-async def on_cancelled(s: AsyncSession, p: dict, env: dict) -> None:
-    await upsert(s, int(p["order_id"]), cancelled_at=occurred_at(env))
+async def on_cancelled(s: AsyncSession, e: OrderCancelled, env: dict) -> None:
+    await upsert(s, e.order_id, cancelled_at=occurred_at(env))
 
 
-async def on_refunded(s: AsyncSession, p: dict, env: dict) -> None:
-    await upsert(s, int(p["order_id"]), leader=p.get("leader_id"))
+async def on_refunded(s: AsyncSession, e: OrderRefunded, env: dict) -> None:
+    await upsert(s, e.order_id, leader=e.leader_id)
     await s.execute(
         text(
             "INSERT INTO leaders.refund_facts (refund_id, order_id, amount_fen, refunded_at) "
             "VALUES (:r, :o, :a, :at) ON CONFLICT (refund_id) DO NOTHING"
         ),
-        {
-            "r": str(p["refund_id"]),
-            "o": int(p["order_id"]),
-            "a": int(p["amount_fen"]),
-            "at": occurred_at(env),
-        },
+        {"r": str(e.refund_id), "o": e.order_id, "a": e.amount_fen, "at": occurred_at(env)},
     )

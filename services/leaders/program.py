@@ -10,11 +10,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.clock import clock, local_datetime
 from services.common.errors import Conflict, Forbidden, InvalidInput, NotFound
+from services.common.events import emit_events
 from services.common.settings import get_settings
+from services.contracts.events import ShopperBound
 
 from . import projection, status
 from .applications import new_invite_code
-from .models import Complaint, LeaderStatus, TrainingSession
+from .models import SCHEMA, Complaint, LeaderStatus, TrainingSession
 
 # --- complaints ----------------------------------------------------------------------------
 
@@ -206,10 +208,10 @@ async def handover(s: AsyncSession, from_id: int, to_id: int, reason: str, by: i
     ).all()
     moved = len(rows)
     if rows:
-        from .evaluation import emit_all
-
-        await emit_all(
-            s, "shopper.bound", [projection.binding(u, to_id, version) for u, version in rows]
+        await emit_events(
+            s,
+            SCHEMA,
+            [ShopperBound(**projection.binding(u, to_id, version)) for u, version in rows],
         )
     await s.execute(
         text(

@@ -14,8 +14,9 @@ from sqlmodel import select
 from services.common.auth import issue_token
 from services.common.clock import clock
 from services.common.errors import Conflict, NotFound, PeerUnavailable, Unauthorized
-from services.common.events import emit
+from services.common.events import emit_event
 from services.common.settings import get_settings
+from services.contracts.events import ShopperBound
 
 from . import projection
 from .models import SCHEMA, Leader, LeaderStatus, User
@@ -142,7 +143,7 @@ async def bind_shopper(s: AsyncSession, user_id: int, leader_id: int) -> User:
         )
     ).scalar_one_or_none()
     if version is not None:
-        await emit(s, SCHEMA, "shopper.bound", projection.binding(user_id, leader_id, version))
+        await emit_event(s, SCHEMA, ShopperBound(**projection.binding(user_id, leader_id, version)))
     return await get_user(s, user_id)
 
 

@@ -7,7 +7,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.clock import clock
 from services.common.errors import Conflict
-from services.common.events import emit
+from services.common.events import emit_event
+from services.contracts.events import LeaderStatusChanged
 
 from . import projection
 from .models import SCHEMA, LeaderStatus
@@ -53,18 +54,16 @@ async def change(
         ),
         {"l": leader_id, "f": row[0], "t": to.value, "r": reason, "by": by, "now": clock.now()},
     )
-    await emit(
+    await emit_event(
         s,
         SCHEMA,
-        "leader.status_changed",
-        {
-            "leader_id": leader_id,
-            "from_status": row[0],
-            "to_status": to.value,
-            "reason": reason,
+        LeaderStatusChanged(
+            from_status=row[0],
+            to_status=to.value,
+            reason=reason,
             # the leader's terms as of this change, for orders' copy (projection.py)
             **projection.terms(leader_id, to.value, tier, version),
-        },
+        ),
     )
     return row[0]
 

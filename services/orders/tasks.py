@@ -3,6 +3,7 @@
 from services.common.celery_app import celery, run
 from services.common.db import get_db
 from services.common.events import subscribe
+from services.contracts.events import LeaderStatusChanged, LeaderTierChanged, ShopperBound
 
 from . import service
 
@@ -13,19 +14,28 @@ from . import service
 @subscribe("orders", "shopper.bound")
 async def shopper_bound(s, payload: dict, env: dict) -> None:
     if "version" in payload:
-        await service.apply_leader_copy(s, [payload], [])
+        e = ShopperBound.model_validate(payload)
+        await service.apply_leader_copy(
+            s, [{"shopper_id": e.shopper_id, "leader_id": e.leader_id, "version": e.version}], []
+        )
+
+
+def _terms(e: LeaderStatusChanged | LeaderTierChanged) -> dict:
+    return {"leader_id": e.leader_id, "status": e.status, "tier": e.tier, "version": e.version}
 
 
 @subscribe("orders", "leader.status_changed")
 async def leader_status_changed(s, payload: dict, env: dict) -> None:
     if "version" in payload:
-        await service.apply_leader_copy(s, [], [payload])
+        await service.apply_leader_copy(
+            s, [], [_terms(LeaderStatusChanged.model_validate(payload))]
+        )
 
 
 @subscribe("orders", "leader.tier_changed")
 async def leader_tier_changed(s, payload: dict, env: dict) -> None:
     if "version" in payload:
-        await service.apply_leader_copy(s, [], [payload])
+        await service.apply_leader_copy(s, [], [_terms(LeaderTierChanged.model_validate(payload))])
 
 
 @celery.task(name="orders.expire_unpaid_orders")

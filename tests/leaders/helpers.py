@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from datetime import date
 
+from services.common.clock import clock
+from services.contracts.events import Event, OrderCompleted, OrderPaid
 from tests.helpers import Api, shopper
 
 
@@ -35,15 +38,15 @@ async def new_leader(base: str, ops: Api, **over) -> Api:
     return leader
 
 
-async def order_events(*events: tuple[str, dict]) -> None:
+async def order_events(*events: Event) -> None:
     """Publish order facts the way the orders service does: its outbox, then the broker."""
     from services.common.db import get_db
-    from services.common.events import emit, relay_outbox
+    from services.common.events import emit_event, relay_outbox
 
     orders = get_db("orders")
     async with orders.transaction() as s:
-        for topic, payload in events:
-            await emit(s, "orders", topic, payload)
+        for event in events:
+            await emit_event(s, "orders", event)
     await relay_outbox(orders)
 
 
@@ -62,12 +65,11 @@ async def sales(leader_id: int, count: int, total_fen: int, completed: bool = Tr
         oid, shopper_id = fake_order_id(), fake_order_id()
         ids.append(oid)
         base = {"order_id": oid, "shopper_id": shopper_id, "leader_id": leader_id}
-        events.append(("order.paid", base | {"sale_date": "2026-11-24", "total_fen": total_fen}))
+        events.append(OrderPaid(**base, sale_date=date(2026, 11, 24), total_fen=total_fen))
         if completed:
             events.append(
-                (
-                    "order.completed",
-                    base | {"total_fen": total_fen, "refunded_fen": 0, "completed_at": None},
+                OrderCompleted(
+                    **base, total_fen=total_fen, refunded_fen=0, completed_at=clock.now()
                 )
             )
     await order_events(*events)

@@ -3,10 +3,11 @@ through the gateway with every real process."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 
 from services.common.clock import clock, local_today
+from services.contracts.events import OrderPaid
 from tests.helpers import (
     bound_shopper,
     eventually,
@@ -22,14 +23,12 @@ from tests.leaders.helpers import fake_order_id, new_leader, order_events
 async def _order_of(shopper_api, leader_id: int) -> int:
     oid = fake_order_id()
     await order_events(
-        (
-            "order.paid",
-            {
-                "order_id": oid,
-                "shopper_id": shopper_api.user["id"],
-                "leader_id": leader_id,
-                "total_fen": 3000,
-            },
+        OrderPaid(
+            order_id=oid,
+            shopper_id=shopper_api.user["id"],
+            leader_id=leader_id,
+            sale_date=date(2026, 11, 24),
+            total_fen=3000,
         )
     )
     return oid

@@ -5,13 +5,14 @@ over time (the clock is moved for every process)."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 
 from sqlalchemy import text
 
 from services.common.clock import clock
 from services.common.db import get_db
+from services.contracts.events import OrderCancelled, OrderPaid, OrderRefunded
 from tests.helpers import bound_shopper, eventually, publish_day, staff, unique_day
 from tests.leaders.helpers import new_leader, sales, staff_onboard
 
@@ -146,24 +147,23 @@ async def test_refunds_and_cancellations_do_not_count(gateway_url):
     lid = leader.leader_id
     kept, refunded, cancelled = fake_order_id(), fake_order_id(), fake_order_id()
     paid = [
-        ("order.paid", {"order_id": o, "shopper_id": o, "leader_id": lid, "total_fen": 5000})
+        OrderPaid(
+            order_id=o, shopper_id=o, leader_id=lid, sale_date=date(2026, 11, 24), total_fen=5000
+        )
         for o in (kept, refunded, cancelled)
     ]
     await order_events(
         *paid,
-        ("order.cancelled", {"order_id": cancelled, "reason": "group_threshold_missed"}),
-        (
-            "order.refunded",
-            {
-                "order_id": refunded,
-                "refund_id": refunded,  # orders' refund ids are integers, as here
-                "leader_id": lid,
-                "reason": "after_sales",
-                "amount_fen": 5000,
-                "lines": [],
-            },
+        OrderCancelled(order_id=cancelled, reason="group_threshold_missed"),
+        OrderRefunded(
+            order_id=refunded,
+            refund_id=refunded,  # orders' refund ids are integers, as here
+            leader_id=lid,
+            reason="after_sales",
+            amount_fen=5000,
+            lines=[],
         ),
-        ("order.paid", paid[0][1]),  # a redelivery from a second relay: counted once
+        paid[0],  # a redelivery from a second relay: counted once
     )
 
     async def settled():

@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from services.common.db import get_db
 from services.common.events import consume, envelope, subscribers_of
+from services.contracts.events import OrderCancelled
 from tests.helpers import bound_shopper, eventually, make_products, publish_day, unique_day
 
 ROUNDS = int(os.environ.get("RACE_ROUNDS", "10"))
@@ -98,12 +99,8 @@ async def test_one_event_delivered_concurrently_is_applied_once(world, race_day)
         r = await shopper.post("/orders", json={"items": [{"deal_id": deal, "quantity": 2}]})
         assert r.status_code == 201, r.text
         order_id = r.json()["id"]
-        env = envelope(
-            "order.cancelled",
-            {"order_id": order_id, "reason": "race"},
-            "orders",
-            event_id=uuid.uuid4(),
-        )
+        cancel = OrderCancelled(order_id=order_id, reason="expired")
+        env = envelope(cancel.topic, cancel.model_dump(mode="json"), "orders", uuid.uuid4())
         applied = await asyncio.gather(*(consume(db, sub, env) for _ in range(6)))
         assert sorted(applied) == [False] * 5 + [True]
         after = await _deal_state(ops, day, deal)

@@ -14,6 +14,7 @@ from services.common.auth import issue_token
 from services.common.clock import clock
 from services.common.db import get_db
 from services.common.events import SUBSCRIPTIONS, consume, envelope
+from services.contracts.events import Event, OrderPickedUp, OrderRefunded
 from services.settlement import ledger
 from tests.helpers import Api
 
@@ -56,39 +57,40 @@ def pickup_envelope(
     """An `order.picked_up` event as orders publishes it; `due` puts the pickup past the
     after-sales window so the release job takes it."""
     at = picked_up_at or (clock.now() - (timedelta(days=8) if due else timedelta(0)))
-    return envelope(
-        "order.picked_up",
-        {
-            "order_id": next_id(),
-            "shopper_id": next_id(),
-            "leader_id": leader_id,
-            "leader_tier": tier,
-            "commission_rate": rate,
-            "sale_date": at.date().isoformat(),
-            "picked_up_at": at.isoformat(),
-            "total_fen": sum(bases),
-            "refunded_fen": 0,
-            "lines": [{"line_id": next_id(), "deal_id": 1, "base_fen": b} for b in bases],
-        },
-        "orders",
+    return _envelope(
+        OrderPickedUp(
+            order_id=next_id(),
+            shopper_id=next_id(),
+            leader_id=leader_id,
+            leader_tier=tier,
+            commission_rate=rate,
+            sale_date=at.date(),
+            picked_up_at=at,
+            total_fen=sum(bases),
+            refunded_fen=0,
+            lines=[{"line_id": next_id(), "deal_id": 1, "base_fen": b} for b in bases],
+        )
     )
 
 
 def refund_envelope(
     leader_id: int, lines: list[tuple[int, int]], reason: str = "after_sales"
 ) -> dict:
-    return envelope(
-        "order.refunded",
-        {
-            "order_id": next_id(),
-            "refund_id": next_id(),
-            "leader_id": leader_id,
-            "reason": reason,
-            "amount_fen": sum(a for _, a in lines),
-            "lines": [{"line_id": ln, "quantity": 1, "amount_fen": a} for ln, a in lines],
-        },
-        "orders",
+    return _envelope(
+        OrderRefunded(
+            order_id=next_id(),
+            refund_id=next_id(),
+            leader_id=leader_id,
+            reason=reason,
+            amount_fen=sum(a for _, a in lines),
+            lines=[{"line_id": ln, "quantity": 1, "amount_fen": a} for ln, a in lines],
+        )
     )
+
+
+def _envelope(event: Event) -> dict:
+    """The event as orders publishes it: its model's JSON in an envelope."""
+    return envelope(event.topic, event.model_dump(mode="json"), "orders")
 
 
 async def deliver(env: dict) -> bool:

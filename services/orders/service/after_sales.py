@@ -9,12 +9,13 @@ from sqlmodel import select
 from services.common.auth import Principal
 from services.common.clock import clock
 from services.common.errors import Conflict, Forbidden, NotFound
-from services.common.events import emit, kick
+from services.common.events import kick
 from services.common.settings import get_settings
+from services.contracts.events import OrderCompleted
 
 from ..models import AfterSalesRequest
 from ..rules import after_sales_open
-from .core import SCHEMA, NotYourOrder, S, load_order, transition
+from .core import NotYourOrder, S, load_order, transition
 from .refunds import _owe_refund, execute_pending_refunds
 
 
@@ -202,31 +203,15 @@ async def complete_orders_past_window(db) -> int:
             "NOT EXISTS (SELECT 1 FROM orders.after_sales_requests r WHERE "
             "r.order_id = orders.orders.id AND r.status = 'requested')",
             {"h": hours},
+            event=lambda o: OrderCompleted(
+                order_id=o.id,
+                shopper_id=o.shopper_id,
+                leader_id=o.leader_id,
+                total_fen=o.total_fen,
+                refunded_fen=o.refunded_fen,
+                completed_at=o.stamped_at,
+            ),
         )
-        if moved:
-            rows = (
-                await s.execute(
-                    text(
-                        "SELECT id, shopper_id, leader_id, total_fen, refunded_fen, completed_at FROM "
-                        "orders.orders WHERE id = ANY(:ids)"
-                    ),
-                    {"ids": [r.id for r in moved]},
-                )
-            ).all()
-            for r in rows:
-                await emit(
-                    s,
-                    SCHEMA,
-                    "order.completed",
-                    {
-                        "order_id": r.id,
-                        "shopper_id": r.shopper_id,
-                        "leader_id": r.leader_id,
-                        "total_fen": r.total_fen,
-                        "refunded_fen": r.refunded_fen,
-                        "completed_at": r.completed_at.isoformat(),
-                    },
-                )
     if moved:
         kick(db)
     return len(moved)

@@ -4,6 +4,7 @@ synchronously, reading orders and who may read them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -15,8 +16,9 @@ from sqlmodel import select
 from services.common.auth import Principal
 from services.common.clock import clock
 from services.common.errors import Conflict, Forbidden, NotFound
-from services.common.events import outbox_rows_sql
+from services.common.events import emit_events
 from services.common.http import ServiceClient
+from services.contracts.events import Event
 
 from ..models import GroupOrder, OrderLine, OrderStatus
 
@@ -70,31 +72,26 @@ async def transition(
     where: str,
     params: dict[str, Any],
     extra_set: str = "",
-    emit_topic: str | None = None,
-    emit_payload: str = "",
+    event: Callable[[Any], Event] | None = None,
 ) -> list[Any]:
     """Move every order matching `where` (and an allowed from-status) to `to`.
 
-    With `emit_topic`, the same statement writes one outbox event per moved order
-    (`emit_payload` is a jsonb expression over the moved row), however many there are.
+    Each moved row has the columns below, `stamped_at` being the time of the move. With
+    `event`, one outbox event per moved order is built from its row and written with one
+    more statement, however many orders moved (a cutoff moves 100,000).
     """
     allowed = ", ".join(f"'{f.value}'" for f in TRANSITIONS[to])
     sets = f"status = '{to.value}', {_STAMP[to]} = :now" + (f", {extra_set}" if extra_set else "")
     update = (
         f"UPDATE {SCHEMA}.orders SET {sets} WHERE status IN ({allowed}) AND ({where}) "
-        "RETURNING id, shopper_id, leader_id, sale_date, total_fen, refunded_fen"
+        "RETURNING id, shopper_id, leader_id, sale_date, total_fen, refunded_fen, "
+        f"{_STAMP[to]} AS stamped_at"
     )
     now = clock.now()
-    if emit_topic is None:
-        rows = await s.execute(text(update), {"now": now, **params})
-        return list(rows.all())
-    sql = (
-        f"WITH moved AS ({update}), events AS ("
-        + outbox_rows_sql(SCHEMA, emit_topic, "moved", emit_payload)
-        + ") SELECT * FROM moved"
-    )
-    rows = await s.execute(text(sql), {"now": now, "occurred_at": now.isoformat(), **params})
-    return list(rows.all())
+    rows = list((await s.execute(text(update), {"now": now, **params})).all())
+    if event is not None:
+        await emit_events(s, SCHEMA, [event(row) for row in rows], at=now)
+    return rows
 
 
 async def load_order(s: AsyncSession, order_id: int, *, lock: bool = False) -> GroupOrder:

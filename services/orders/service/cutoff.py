@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from services.common.clock import clock
 from services.common.events import kick
+from services.contracts.events import OrderCancelled, OrderConfirmed
 
 from ..rules import threshold_met
 from .core import S, transition
@@ -26,8 +27,7 @@ async def apply_cutoff(db, sale_date: date) -> dict:
             "sale_date = :d AND status = 'pending_payment'",
             params,
             "cancel_reason = 'unpaid_at_cutoff'",
-            emit_topic="order.cancelled",
-            emit_payload="jsonb_build_object('order_id', id, 'reason', 'unpaid_at_cutoff')",
+            event=lambda o: OrderCancelled(order_id=o.id, reason="unpaid_at_cutoff"),
         )
         deals = (
             await s.execute(
@@ -74,8 +74,7 @@ async def apply_cutoff(db, sale_date: date) -> dict:
             "l.order_id = orders.orders.id AND l.status = 'active')",
             params,
             "cancel_reason = 'group_threshold_missed'",
-            emit_topic="order.cancelled",
-            emit_payload="jsonb_build_object('order_id', id, 'reason', 'group_threshold_missed')",
+            event=lambda o: OrderCancelled(order_id=o.id, reason="group_threshold_missed"),
         )
         # lists first, so confirming an order and assigning its list is one row update
         await s.execute(
@@ -95,8 +94,7 @@ async def apply_cutoff(db, sale_date: date) -> dict:
             params,
             "delivery_list_id = (SELECT dl.id FROM orders.delivery_lists dl WHERE "
             "dl.sale_date = orders.orders.sale_date AND dl.leader_id = orders.orders.leader_id)",
-            emit_topic="order.confirmed",
-            emit_payload="jsonb_build_object('order_id', id, 'leader_id', leader_id)",
+            event=lambda o: OrderConfirmed(order_id=o.id, leader_id=o.leader_id),
         )
         lists = (
             await s.execute(

@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.auth import Principal
 from services.common.clock import clock
-from services.common.events import emit, kick
+from services.common.events import emit_event, kick
 from services.common.payments import PaymentDeclined, ProviderRejected, get_provider
+from services.contracts.events import DepositPaymentSucceeded, OrderPaid
 
 from .core import SCHEMA, NotYourOrder, OrderNotPayable, S, load_order, log, transition
 from .refunds import _json, _owe_refund, execute_pending_refunds
@@ -116,17 +117,16 @@ async def _record_payment(s: AsyncSession, order_id: int, intent_id: str, amount
     )
     if moved:
         row = moved[0]
-        await emit(
+        await emit_event(
             s,
             SCHEMA,
-            "order.paid",
-            {
-                "order_id": order_id,
-                "shopper_id": row.shopper_id,
-                "leader_id": row.leader_id,
-                "sale_date": row.sale_date.isoformat(),
-                "total_fen": row.total_fen,
-            },
+            OrderPaid(
+                order_id=order_id,
+                shopper_id=row.shopper_id,
+                leader_id=row.leader_id,
+                sale_date=row.sale_date,
+                total_fen=row.total_fen,
+            ),
         )
         return PAID
     order = await load_order(s, order_id)
@@ -159,15 +159,14 @@ async def handle_provider_event(db, event: dict) -> bool:
             outcome = await _record_payment(s, int(meta["order_id"]), obj["id"], int(obj["amount"]))
         elif event["type"] == "payment_intent.succeeded" and meta.get("kind") == "deposit":
             # the webhook lands here; a leader's deposit belongs to the leaders service
-            await emit(
+            await emit_event(
                 s,
                 SCHEMA,
-                "payment.deposit_succeeded",
-                {
-                    "leader_id": int(meta["leader_id"]),
-                    "intent_id": obj["id"],
-                    "amount_fen": int(obj["amount"]),
-                },
+                DepositPaymentSucceeded(
+                    leader_id=int(meta["leader_id"]),
+                    intent_id=obj["id"],
+                    amount_fen=int(obj["amount"]),
+                ),
             )
     kick(db)
     if outcome == REFUND_OWED:

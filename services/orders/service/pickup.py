@@ -14,7 +14,8 @@ from sqlmodel import select
 from services.common.auth import Principal
 from services.common.clock import clock
 from services.common.errors import Conflict, Forbidden, NotFound
-from services.common.events import emit, kick
+from services.common.events import emit_event, kick
+from services.contracts.events import OrderPickedUp, OrderReadyForPickup, PickedUpLine
 
 from ..models import GroupOrder
 from .core import SCHEMA, S, lines_of, load_order, transition
@@ -145,8 +146,7 @@ async def mark_delivery_received(db, list_id: int, who: Principal) -> int:
             S.ready_for_pickup,
             "delivery_list_id = :dl",
             {"dl": list_id},
-            emit_topic="order.ready_for_pickup",
-            emit_payload="jsonb_build_object('order_id', id, 'leader_id', leader_id)",
+            event=lambda o: OrderReadyForPickup(order_id=o.id, leader_id=o.leader_id),
         )
     kick(db)
     return len(ready)
@@ -179,29 +179,28 @@ async def redeem_pickup(db, code: str, who: Principal) -> int:
             )
         order = await load_order(s, moved[0].id)
         lines = [ln for ln in (await lines_of(s, [order.id]))[order.id] if ln.status == "active"]
-        await emit(
+        await emit_event(
             s,
             SCHEMA,
-            "order.picked_up",
-            {
-                "order_id": order.id,
-                "shopper_id": order.shopper_id,
-                "leader_id": order.leader_id,
-                "leader_tier": order.leader_tier,
-                "commission_rate": str(order.commission_rate),
-                "sale_date": order.sale_date.isoformat(),
-                "picked_up_at": order.picked_up_at.isoformat(),
-                "total_fen": order.total_fen,
-                "refunded_fen": order.refunded_fen,
-                "lines": [
-                    {
-                        "line_id": ln.id,
-                        "deal_id": ln.deal_id,
-                        "base_fen": ln.unit_price_fen * ln.quantity - ln.refunded_fen,
-                    }
+            OrderPickedUp(
+                order_id=order.id,
+                shopper_id=order.shopper_id,
+                leader_id=order.leader_id,
+                leader_tier=order.leader_tier,
+                commission_rate=order.commission_rate,
+                sale_date=order.sale_date,
+                picked_up_at=order.picked_up_at,
+                total_fen=order.total_fen,
+                refunded_fen=order.refunded_fen,
+                lines=[
+                    PickedUpLine(
+                        line_id=ln.id,
+                        deal_id=ln.deal_id,
+                        base_fen=ln.unit_price_fen * ln.quantity - ln.refunded_fen,
+                    )
                     for ln in lines
                 ],
-            },
+            ),
         )
     kick(db)
     return order.id

@@ -14,8 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.common.auth import Principal
 from services.common.clock import clock
 from services.common.errors import Conflict, PeerTimeout, PeerUnavailable
-from services.common.events import emit, kick
+from services.common.events import emit_event, kick
 from services.common.settings import get_settings
+from services.contracts.events import OrderCancelled
 
 from ..models import GroupOrder, LineStatus, OrderLine
 from ..rules import reservation_expiry
@@ -236,8 +237,8 @@ async def cancel_unpaid(db, order_id: int, who: Principal) -> None:
                 f"order {order_id} is {order.status}; only unpaid orders can be cancelled",
                 code="order_not_cancellable",
             )
-        await emit(
-            s, SCHEMA, "order.cancelled", {"order_id": order_id, "reason": "cancelled_by_shopper"}
+        await emit_event(
+            s, SCHEMA, OrderCancelled(order_id=order_id, reason="cancelled_by_shopper")
         )
     kick(db)
 
@@ -252,8 +253,7 @@ async def expire_unpaid_orders(db) -> int:
             "status = 'pending_payment' AND expires_at <= :now",
             {},
             "cancel_reason = 'expired'",
-            emit_topic="order.cancelled",
-            emit_payload="jsonb_build_object('order_id', id, 'reason', 'expired')",
+            event=lambda o: OrderCancelled(order_id=o.id, reason="expired"),
         )
     if moved:
         kick(db)

@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.background import after_response
 from services.common.clock import clock
-from services.common.events import emit, kick
+from services.common.events import emit_event, kick
 from services.common.payments import get_provider
+from services.contracts.events import OrderRefunded
 
 from .core import SCHEMA, log
 
@@ -94,18 +95,17 @@ async def execute_pending_refunds(db, limit: int = 50) -> int:
                     ),
                     {"p": refund.id, "now": clock.now(), "id": r.id},
                 )
-                await emit(
+                await emit_event(
                     s,
                     SCHEMA,
-                    "order.refunded",
-                    {
-                        "order_id": r.order_id,
-                        "refund_id": r.id,
-                        "leader_id": r.leader_id,
-                        "reason": r.reason,
-                        "amount_fen": r.amount_fen,
-                        "lines": r.lines,
-                    },
+                    OrderRefunded(
+                        order_id=r.order_id,
+                        refund_id=r.id,
+                        leader_id=r.leader_id,
+                        reason=r.reason,
+                        amount_fen=r.amount_fen,
+                        lines=r.lines,
+                    ),
                 )
                 done += 1
         if len(rows) < limit:

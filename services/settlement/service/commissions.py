@@ -5,7 +5,6 @@ after-sales window (available), reduced or clawed back by refunds; balances.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 import structlog
 from sqlalchemy import text
@@ -15,6 +14,7 @@ from sqlmodel import select
 from services.common.clock import clock
 from services.common.money import commission_for
 from services.common.settings import get_settings
+from services.contracts.events import OrderPickedUp, OrderRefunded
 
 from .. import ledger
 from ..models import Commission
@@ -22,16 +22,14 @@ from ..models import Commission
 log = structlog.get_logger()
 
 
-async def record_commissions(s: AsyncSession, payload: dict) -> int:
+async def record_commissions(s: AsyncSession, e: OrderPickedUp) -> int:
     """On `order.picked_up`: one pending commission per line at the order's frozen rate."""
-    leader_id = int(payload["leader_id"])
-    rate = Decimal(payload["commission_rate"])
-    picked_up_at = datetime.fromisoformat(payload["picked_up_at"])
+    leader_id, rate, picked_up_at = e.leader_id, e.commission_rate, e.picked_up_at
     available_at = picked_up_at + timedelta(days=get_settings().commission_release_days)
     created = 0
-    await _lock_lines(s, [int(line["line_id"]) for line in payload["lines"]])
-    for line in payload["lines"]:
-        base = int(line["base_fen"])
+    await _lock_lines(s, [line.line_id for line in e.lines])
+    for line in e.lines:
+        base = line.base_fen
         if base <= 0:
             continue
         amount = commission_for(base, rate)
@@ -44,10 +42,10 @@ async def record_commissions(s: AsyncSession, payload: dict) -> int:
                     "ON CONFLICT (order_line_id) DO NOTHING RETURNING id"
                 ),
                 {
-                    "line": int(line["line_id"]),
-                    "order": int(payload["order_id"]),
+                    "line": line.line_id,
+                    "order": e.order_id,
                     "leader": leader_id,
-                    "tier": payload["leader_tier"],
+                    "tier": e.leader_tier,
                     "base": base,
                     "rate": rate,
                     "amount": amount,
@@ -62,13 +60,13 @@ async def record_commissions(s: AsyncSession, payload: dict) -> int:
         if amount:
             await ledger.post(
                 s,
-                f"commission:{line['line_id']}",
+                f"commission:{line.line_id}",
                 "commission_earned",
                 [
                     ledger.Leg(ledger.leader_account(leader_id, ledger.PENDING), amount),
                     ledger.Leg(ledger.COMMISSION_EXPENSE, -amount),
                 ],
-                memo=f"order {payload['order_id']} line {line['line_id']}",
+                memo=f"order {e.order_id} line {line.line_id}",
             )
         # after-sales refunds of this line that were consumed before this pickup
         waiting = (
@@ -78,12 +76,12 @@ async def record_commissions(s: AsyncSession, payload: dict) -> int:
                     "WHERE order_line_id = :l AND commission_id IS NULL "
                     "RETURNING refund_id, amount_fen"
                 ),
-                {"c": row, "l": int(line["line_id"])},
+                {"c": row, "l": line.line_id},
             )
         ).all()
         for w in sorted(waiting):
             await _claw_back(
-                s, row, w.refund_id, int(line["line_id"]), w.amount_fen, f"refund {w.refund_id}"
+                s, row, w.refund_id, line.line_id, w.amount_fen, f"refund {w.refund_id}"
             )
     return created
 
@@ -183,7 +181,7 @@ async def _lock_lines(s: AsyncSession, line_ids: list[int]) -> None:
         )
 
 
-async def apply_refund(s: AsyncSession, payload: dict) -> int:
+async def apply_refund(s: AsyncSession, e: OrderRefunded) -> int:
     """On `order.refunded`: reduce the commission of each refunded line that has one.
 
     Before release the pending commission shrinks; after release it is clawed back from
@@ -191,13 +189,12 @@ async def apply_refund(s: AsyncSession, payload: dict) -> int:
     before pickup never had a commission and change nothing; an after-sales refund that
     arrives before its pickup event waits for the commission. Once per (refund, line).
     """
-    refund_id = int(payload["refund_id"])
-    memo = f"order {payload.get('order_id')} refund {refund_id} ({payload.get('reason')})"
+    refund_id = e.refund_id
+    memo = f"order {e.order_id} refund {refund_id} ({e.reason})"
     applied = 0
-    lines = payload.get("lines") or []
-    await _lock_lines(s, [int(line["line_id"]) for line in lines])
-    for line in lines:
-        line_id, refunded = int(line["line_id"]), int(line["amount_fen"])
+    await _lock_lines(s, [line.line_id for line in e.lines])
+    for line in e.lines:
+        line_id, refunded = line.line_id, line.amount_fen
         if refunded <= 0:
             continue
         # the row lock orders this against a concurrent release of the same commission
@@ -207,7 +204,7 @@ async def apply_refund(s: AsyncSession, payload: dict) -> int:
                 {"l": line_id},
             )
         ).scalar_one_or_none()
-        if commission_id is None and payload.get("reason") != "after_sales":
+        if commission_id is None and e.reason != "after_sales":
             continue
         first = (
             await s.execute(
