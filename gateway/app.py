@@ -35,10 +35,9 @@ from services.common.metrics import MetricsMiddleware, metrics_response
 from services.common.settings import SERVICES, get_settings
 
 from .ratelimit import RateLimiter
-from .routing import AUTH_PATHS, PICKUP_PATHS, ROUTES, is_public, service_for
+from .routing import AUTH_PATHS, PICKUP_PATHS, PREFIX, gateway_route, is_public, service_for
 
 log = structlog.get_logger()
-PREFIX = "/api/v1"
 HOP_BY_HOP = HOP_BY_HOP_PROXIED | {"content-encoding"}  # bodies are passed on decoded
 
 
@@ -268,15 +267,6 @@ def create_app() -> FastAPI:
         return Response(content, status_code=status, headers=out_headers)
 
     return app
-
-
-def gateway_route(scope) -> str:
-    """Per public prefix: one label per service area, whatever ids the path holds."""
-    path = scope["path"]
-    if path.startswith(f"{PREFIX}/"):
-        first = path[len(PREFIX) + 1 :].split("/", 1)[0]
-        return f"{PREFIX}/{first}" if first in ROUTES or first == "openapi.json" else "unmatched"
-    return path if path in ("/docs",) else "unmatched"
 
 
 def login_account(path: str, body: bytes) -> str | None:
