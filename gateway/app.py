@@ -23,68 +23,26 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from yarl import URL
 
 from services.common.app import NO_TELEMETRY
 from services.common.auth import bearer_token, verify_token
 from services.common.errors import DomainError, install_error_handlers, problem
-from services.common.http import HOP_BY_HOP as HOP_BY_HOP_PROXIED
-from services.common.http import SessionPerLoop, peer_timeout
 from services.common.logging import configure_logging
 from services.common.metrics import MetricsMiddleware, metrics_response
 from services.common.settings import SERVICES, get_settings
 
+from .proxy import Proxy, Upstreams
 from .ratelimit import RateLimiter
 from .routing import AUTH_PATHS, PICKUP_PATHS, PREFIX, gateway_route, is_public, service_for
 
 log = structlog.get_logger()
-HOP_BY_HOP = HOP_BY_HOP_PROXIED | {"content-encoding"}  # bodies are passed on decoded
-
-
-class Upstreams:
-    """One pooled aiohttp session to every service (see `services.common.http` for why
-    not httpx: its pool cost grew with every open connection)."""
-
-    def __init__(self) -> None:
-        s = get_settings()
-        self.sessions = SessionPerLoop(
-            timeout=peer_timeout(s.peer_read_timeout_s, s.peer_connect_timeout_s),
-            limit=400,
-            auto_decompress=False,
-        )
-
-    def url(self, service: str, raw_path: str, query: list[tuple[str, str]] | None = None) -> URL:
-        """The service's URL for a path exactly as the client encoded it."""
-        url = URL(get_settings().service_url(service).rstrip("/") + raw_path, encoded=True)
-        return url.with_query(query) if query else url
-
-    async def send(
-        self,
-        method: str,
-        url: URL,
-        *,
-        headers: dict[str, str] | None = None,
-        body: bytes | None = None,
-        timeout: float | None = None,
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
-        extra = {"timeout": aiohttp.ClientTimeout(total=timeout)} if timeout else {}
-        async with self.sessions.get().request(
-            method, url, headers=headers, data=body, allow_redirects=False, **extra
-        ) as resp:
-            return resp.status, list(resp.headers.items()), await resp.read()
-
-    async def get_json(self, service: str, path: str, timeout: float) -> tuple[int, Any]:
-        status, _, content = await self.send("GET", self.url(service, path), timeout=timeout)
-        return status, orjson.loads(content) if status == 200 else None
-
-    async def aclose(self) -> None:
-        await self.sessions.aclose()
 
 
 def create_app() -> FastAPI:
     configure_logging("gateway")
     settings = get_settings()
     upstreams = Upstreams()
+    proxy = Proxy(upstreams, settings.max_body_bytes)
     general = RateLimiter(settings.rate_limit_per_minute)
     auth_limiter = RateLimiter(settings.auth_rate_limit_per_minute)
     pickup_limiter = RateLimiter(settings.pickup_rate_limit_per_minute)
@@ -154,7 +112,7 @@ def create_app() -> FastAPI:
         methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
         include_in_schema=False,
     )
-    async def proxy(path: str, request: Request) -> Response:
+    async def public_api(path: str, request: Request) -> Response:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(request_id=rid)
         try:
@@ -215,56 +173,7 @@ def create_app() -> FastAPI:
                     headers={"retry-after": str(max(1, math.ceil(wait))), "x-request-id": rid},
                 )
 
-        body = await request.body()
-        if len(body) > settings.max_body_bytes:
-            return problem(
-                413,
-                "body_too_large",
-                "Request body too large",
-                f"at most {settings.max_body_bytes} bytes",
-            )
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        headers["x-request-id"] = rid
-        headers["x-forwarded-for"] = client_ip
-        headers.pop("x-service-token", None)
-        # forward the path as the client encoded it: decoding and re-encoding it here
-        # turns a control character into an unbuildable URL (a 500) instead of a 404
-        raw_path = request.scope.get("raw_path") or request.url.path.encode()
-        upstream_path = raw_path.decode("latin-1").removeprefix(PREFIX)
-        try:
-            url = upstreams.url(service, upstream_path, list(request.query_params.multi_items()))
-            status, upstream_headers, content = await upstreams.send(
-                request.method, url, headers=headers, body=body
-            )
-        except (ValueError, aiohttp.InvalidURL):
-            return problem(
-                404,
-                "not_found",
-                "Not found",
-                "no such route",
-                headers={"x-request-id": rid},
-            )
-        except TimeoutError:
-            log.warning("upstream_timeout", service=service, path=path)
-            return problem(
-                504,
-                "service_timeout",
-                "A service did not answer in time",
-                f"{service} did not answer in time",
-                headers={"x-request-id": rid},
-            )
-        except aiohttp.ClientError as e:
-            log.warning("upstream_unavailable", service=service, path=path, error=repr(e)[:200])
-            return problem(
-                503,
-                "service_unavailable",
-                "A service is unavailable",
-                f"{service} is unavailable",
-                headers={"x-request-id": rid, "retry-after": "1"},
-            )
-        out_headers = {k.lower(): v for k, v in upstream_headers if k.lower() not in HOP_BY_HOP}
-        out_headers["x-request-id"] = rid
-        return Response(content, status_code=status, headers=out_headers)
+        return await proxy.forward(request, service, path, rid, client_ip)
 
     return app
 
