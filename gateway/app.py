@@ -8,21 +8,17 @@ when a service is down and 504 when it is slow, and serves one merged OpenAPI do
 from __future__ import annotations
 
 import asyncio
-import copy
 import math
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 from urllib.parse import parse_qs
 
 import aiohttp
 import orjson
 import structlog
 from fastapi import FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import Response
 
 from services.common.app import NO_TELEMETRY
 from services.common.auth import bearer_token, verify_token
@@ -31,6 +27,7 @@ from services.common.logging import configure_logging
 from services.common.metrics import MetricsMiddleware, metrics_response
 from services.common.settings import SERVICES, get_settings
 
+from . import openapi
 from .proxy import Proxy, Upstreams
 from .ratelimit import RateLimiter
 from .routing import AUTH_PATHS, PICKUP_PATHS, PREFIX, gateway_route, is_public, service_for
@@ -46,7 +43,6 @@ def create_app() -> FastAPI:
     general = RateLimiter(settings.rate_limit_per_minute)
     auth_limiter = RateLimiter(settings.auth_rate_limit_per_minute)
     pickup_limiter = RateLimiter(settings.pickup_rate_limit_per_minute)
-    openapi_cache: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -94,18 +90,7 @@ def create_app() -> FastAPI:
             checks=checks,
         )
 
-    @app.get(f"{PREFIX}/openapi.json", include_in_schema=False)
-    async def openapi() -> JSONResponse:
-        cached = openapi_cache.get("doc")
-        if cached and time.monotonic() - openapi_cache["at"] < 30:
-            return JSONResponse(cached)
-        doc = await merged_openapi(upstreams)
-        openapi_cache.update(doc=doc, at=time.monotonic())
-        return JSONResponse(doc)
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=f"{PREFIX}/openapi.json", title="Group buying API")
+    app.include_router(openapi.router(upstreams))
 
     @app.api_route(
         f"{PREFIX}/{{path:path}}",
@@ -190,78 +175,6 @@ def login_account(path: str, body: bytes) -> str | None:
     except (orjson.JSONDecodeError, AttributeError, ValueError):
         return None
     return None
-
-
-async def merged_openapi(upstreams: Upstreams) -> dict[str, Any]:
-    """One document for the public API: every service's public paths under /api/v1."""
-    doc: dict[str, Any] = {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "Group buying API",
-            "version": "1.0.0",
-            "description": "Community group buying: daily deals, group leaders, "
-            "commissions. Money is integer fen (CNY).",
-        },
-        "paths": {},
-        "components": {
-            "schemas": {},
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-            },
-        },
-        "security": [{"bearer": []}],
-    }
-
-    async def fetch(service: str) -> tuple[str, dict | None]:
-        try:
-            return service, (await upstreams.get_json(service, "/openapi.json", timeout=3.0))[1]
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return service, None
-
-    for service, spec in await asyncio.gather(*(fetch(s) for s in SERVICES)):
-        if spec is None:
-            doc.setdefault("x-unavailable", []).append(service)
-            continue
-        schemas = spec.get("components", {}).get("schemas", {})
-        renames = {}
-        for name, schema in schemas.items():
-            existing = doc["components"]["schemas"].get(name)
-            if existing is not None and existing != schema:
-                renames[name] = f"{service}_{name}"
-
-        def fix(node: Any, renames: dict = renames) -> Any:
-            if isinstance(node, dict):
-                out = {}
-                for k, v in node.items():
-                    if k == "$ref" and isinstance(v, str):
-                        target = v.rsplit("/", 1)[-1]
-                        out[k] = f"#/components/schemas/{renames.get(target, target)}"
-                    else:
-                        out[k] = fix(v)
-                return out
-            if isinstance(node, list):
-                return [fix(x) for x in node]
-            return node
-
-        for name, schema in schemas.items():
-            doc["components"]["schemas"][renames.get(name, name)] = fix(copy.deepcopy(schema))
-        for path, ops in spec.get("paths", {}).items():
-            if "/internal" in path or path in ("/healthz", "/readyz"):
-                continue
-            fixed = fix(ops)
-            for method, op in fixed.items():
-                if isinstance(op, dict):
-                    public = is_public(method.upper(), path.lstrip("/"))
-                    op["security"] = [] if public else [{"bearer": []}]
-                    op.setdefault("responses", {}).setdefault(
-                        "default",
-                        {
-                            "description": "Problem (RFC 9457)",
-                            "content": {"application/problem+json": {"schema": {"type": "object"}}},
-                        },
-                    )
-            doc["paths"][f"{PREFIX}{path}"] = fixed
-    return doc
 
 
 app = create_app()
