@@ -8,29 +8,26 @@ when a service is down and 504 when it is slow, and serves one merged OpenAPI do
 from __future__ import annotations
 
 import asyncio
-import math
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import parse_qs
 
 import aiohttp
-import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from services.common.app import NO_TELEMETRY
-from services.common.auth import bearer_token, verify_token
-from services.common.errors import DomainError, install_error_handlers, problem
+from services.common.errors import DomainError, NotFound, install_error_handlers, problem
 from services.common.logging import configure_logging
 from services.common.metrics import MetricsMiddleware, metrics_response
 from services.common.settings import SERVICES, get_settings
 
 from . import openapi
+from .auth import authenticate, client_ip, client_key
+from .limits import Limits
 from .proxy import Proxy, Upstreams
-from .ratelimit import RateLimiter
-from .routing import AUTH_PATHS, PICKUP_PATHS, PREFIX, gateway_route, is_public, service_for
+from .routing import PREFIX, gateway_route, service_for
 
 log = structlog.get_logger()
 
@@ -40,9 +37,7 @@ def create_app() -> FastAPI:
     settings = get_settings()
     upstreams = Upstreams()
     proxy = Proxy(upstreams, settings.max_body_bytes)
-    general = RateLimiter(settings.rate_limit_per_minute)
-    auth_limiter = RateLimiter(settings.auth_rate_limit_per_minute)
-    pickup_limiter = RateLimiter(settings.pickup_rate_limit_per_minute)
+    limits = Limits.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -101,7 +96,13 @@ def create_app() -> FastAPI:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(request_id=rid)
         try:
-            return await forward(path, request, rid)
+            service = service_for(path)
+            if service is None:
+                raise NotFound(f"no route {PREFIX}/{path}")
+            ip = client_ip(request)
+            principal = authenticate(request, path)
+            await limits.check(request, path, client_key(principal, ip), ip)
+            return await proxy.forward(request, service, path, rid, ip)
         except DomainError as e:
             headers = e.extra.pop("headers", None) or {}
             headers["x-request-id"] = rid
@@ -109,72 +110,7 @@ def create_app() -> FastAPI:
         finally:
             structlog.contextvars.unbind_contextvars("request_id")
 
-    async def forward(path: str, request: Request, rid: str) -> Response:
-        service = service_for(path)
-        if service is None:
-            return problem(
-                404,
-                "not_found",
-                "Not found",
-                f"no route {PREFIX}/{path}",
-                headers={"x-request-id": rid},
-            )
-        client_ip = request.client.host if request.client else "unknown"
-        token = bearer_token(request)
-        principal = None
-        if token:
-            try:
-                principal = verify_token(token)
-            except DomainError:
-                if not is_public(request.method, path):
-                    raise
-        if principal is None and not is_public(request.method, path):
-            return problem(
-                401,
-                "missing_token",
-                "Unauthorized",
-                "a bearer token is required",
-                headers={"www-authenticate": "Bearer", "x-request-id": rid},
-            )
-        client_key = f"user:{principal.user_id}" if principal else f"ip:{client_ip}"
-        checks = [(general, client_key)]
-        if AUTH_PATHS.match(path):
-            checks.append((auth_limiter, f"ip:{client_ip}"))
-            # and per account, so guessing one password from many addresses is slow too
-            account = login_account(path, await request.body())
-            if account:
-                checks.append((auth_limiter, f"account:{account}"))
-        if PICKUP_PATHS.match(path):
-            checks.append((pickup_limiter, client_key))
-            checks.append((pickup_limiter, f"ip:{client_ip}"))
-        for limiter, key in checks:
-            wait = limiter.take(key)
-            if wait > 0:
-                return problem(
-                    429,
-                    "rate_limited",
-                    "Too many requests",
-                    "slow down and retry later",
-                    headers={"retry-after": str(max(1, math.ceil(wait))), "x-request-id": rid},
-                )
-
-        return await proxy.forward(request, service, path, rid, client_ip)
-
     return app
-
-
-def login_account(path: str, body: bytes) -> str | None:
-    """The account a login request is for (staff username or WeChat code), if it says."""
-    try:
-        if path == "auth/staff/token":
-            values = parse_qs(body.decode("utf-8", "replace")).get("username")
-            return f"staff:{values[0][:100]}" if values else None
-        if path == "auth/wechat/session":
-            code = orjson.loads(body).get("code")
-            return f"wechat:{code[:200]}" if isinstance(code, str) else None
-    except (orjson.JSONDecodeError, AttributeError, ValueError):
-        return None
-    return None
 
 
 app = create_app()

@@ -3,8 +3,6 @@ to the client."""
 
 from __future__ import annotations
 
-from urllib.parse import unquote
-
 import aiohttp
 import orjson
 import pytest
@@ -13,26 +11,12 @@ from starlette.requests import Request
 from gateway.proxy import Proxy, Upstreams, headers_to_client, headers_to_service
 from services.common.errors import DomainError
 from services.common.settings import get_settings
+from tests.unit.asgi_request import asgi_request
 
 
 def _request(method: str, raw_path: str, query: bytes = b"", body: bytes = b"") -> Request:
-    scope = {
-        "type": "http",
-        "method": method,
-        "scheme": "http",
-        "path": unquote(raw_path),
-        "raw_path": raw_path.encode(),
-        "query_string": query,
-        "root_path": "",
-        "headers": [(b"host", b"gateway"), (b"content-type", b"application/json")],
-        "client": ("203.0.113.7", 4321),
-        "server": ("127.0.0.1", 8000),
-    }
-
-    async def receive() -> dict:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return Request(scope, receive)
+    headers = {"host": "gateway", "content-type": "application/json"}
+    return asgi_request(method, raw_path, headers=headers, query=query, body=body)
 
 
 class _Recording(Upstreams):
