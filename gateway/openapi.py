@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import aiohttp
-from fastapi import APIRouter
+from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
@@ -22,12 +22,11 @@ TITLE = "Group buying API"
 CACHE_S = 30
 
 
-def router(upstreams: Upstreams) -> APIRouter:
+def install(app: FastAPI, upstreams: Upstreams) -> None:
     """`/api/v1/openapi.json` (merged at most every 30 s) and `/docs`."""
-    routes = APIRouter()
     cache: dict[str, Any] = {}
 
-    @routes.get(f"{PREFIX}/openapi.json", include_in_schema=False)
+    @app.get(f"{PREFIX}/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:
         cached = cache.get("doc")
         if cached and time.monotonic() - cache["at"] < CACHE_S:
@@ -36,11 +35,9 @@ def router(upstreams: Upstreams) -> APIRouter:
         cache.update(doc=doc, at=time.monotonic())
         return JSONResponse(doc)
 
-    @routes.get("/docs", include_in_schema=False)
+    @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url=f"{PREFIX}/openapi.json", title=TITLE)
-
-    return routes
 
 
 async def merged_openapi(upstreams: Upstreams) -> dict[str, Any]:
