@@ -1,8 +1,11 @@
-"""Which service answers which public path, and which paths need no token."""
+"""Which service answers which public path, which paths need no token, and the label
+a path is counted under in the metrics."""
 
 from __future__ import annotations
 
 import re
+
+PREFIX = "/api/v1"
 
 # first path segment under /api/v1 -> service
 ROUTES: dict[str, str] = {
@@ -40,3 +43,12 @@ def service_for(path: str) -> str | None:
 
 def is_public(method: str, path: str) -> bool:
     return any(method == m and p.match(path) for m, p in PUBLIC)
+
+
+def gateway_route(scope) -> str:
+    """Per public prefix: one label per service area, whatever ids the path holds."""
+    path = scope["path"]
+    if path.startswith(f"{PREFIX}/"):
+        first = path[len(PREFIX) + 1 :].split("/", 1)[0]
+        return f"{PREFIX}/{first}" if first in ROUTES or first == "openapi.json" else "unmatched"
+    return path if path in ("/docs",) else "unmatched"
