@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
+from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import create_engine, pool, text
 from sqlmodel import SQLModel
@@ -30,8 +30,6 @@ def alembic_config(service: str, url: str | None = None) -> Config:
 
 def run_migrations_online(schema: str) -> None:
     """Called from each service's migrations/env.py."""
-    from alembic import context
-
     url = context.config.attributes.get("database_url") or get_settings().database_url_for(schema)
     engine = create_engine(driver_url(url, "psycopg"), poolclass=pool.NullPool)
 
