@@ -104,6 +104,28 @@ async def emit(
     return eid
 
 
+async def emit_many(
+    session: AsyncSession, schema: str, topic: str, payloads: list[dict[str, Any]]
+) -> None:
+    """`emit` for many events in one statement: the same envelopes, one outbox row each."""
+    ids = [uuid.uuid4() for _ in payloads]
+    await session.execute(
+        text(
+            f"INSERT INTO {schema}.outbox (id, topic, payload, created_at) SELECT v.id, :topic, "
+            "v.p, :now FROM unnest(CAST(:ids AS uuid[]), CAST(:p AS jsonb[])) AS v(id, p)"
+        ),
+        {
+            "topic": topic,
+            "now": clock.now(),
+            "ids": ids,
+            "p": [
+                orjson.dumps(envelope(topic, p, schema, i)).decode()
+                for i, p in zip(ids, payloads, strict=True)
+            ],
+        },
+    )
+
+
 def outbox_rows_sql(schema: str, topic: str, source: str, payload_sql: str) -> str:
     """SQL that writes one outbox event per row of `source` (a CTE or table) in the same
     statement: set-based emission for jobs that move thousands of rows at once.

@@ -11,7 +11,6 @@ its metrics for each was a third of the run (bench scenario 5).
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timedelta
 
 import orjson
@@ -20,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.clock import clock, local_today
-from services.common.events import envelope
+from services.common.events import emit_many
 from services.common.settings import get_settings
 
 from . import projection, status, tiers
@@ -273,7 +272,7 @@ async def _evaluate_batch(db, leaders: list, metrics: dict, now: datetime, today
                     "m": [orjson.dumps(c["metrics"]).decode() for c in changes],
                 },
             )
-            await emit_all(s, "leader.tier_changed", changes)
+            await emit_many(s, SCHEMA, "leader.tier_changed", changes)
         below = [
             i
             for i in sorted(claimed)
@@ -298,26 +297,6 @@ async def _evaluate_batch(db, leaders: list, metrics: dict, now: datetime, today
             if reason and (not decided[i][1].direction or i in moved):
                 await status.change(s, i, LeaderStatus.suspended, f"rule: {reason}", None)
     return changes
-
-
-async def emit_all(s: AsyncSession, topic: str, payloads: list[dict]) -> None:
-    """`emit` for many events in one statement: the same envelopes, one outbox row each."""
-    ids = [uuid.uuid4() for _ in payloads]
-    await s.execute(
-        text(
-            f"INSERT INTO {SCHEMA}.outbox (id, topic, payload, created_at) SELECT v.id, :topic, "
-            "v.p, :now FROM unnest(CAST(:ids AS uuid[]), CAST(:p AS jsonb[])) AS v(id, p)"
-        ),
-        {
-            "topic": topic,
-            "now": clock.now(),
-            "ids": ids,
-            "p": [
-                orjson.dumps(envelope(topic, p, SCHEMA, i)).decode()
-                for i, p in zip(ids, payloads, strict=True)
-            ],
-        },
-    )
 
 
 async def run_evaluations(db, leader_ids: list[int] | None = None) -> list[dict]:
