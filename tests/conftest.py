@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common import devstack
 from services.common.settings import Settings, override_settings
+from services.platform import devstack
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".data" / "test"

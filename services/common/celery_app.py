@@ -57,54 +57,6 @@ log = structlog.get_logger()
 
 _settings = get_settings()
 
-celery.add_defaults(
-    lambda: {
-        "imports": [f"services.{s}.tasks" for s in SERVICES],
-        "beat_schedule": {
-            "sweep-outboxes": {
-                "task": "events.sweep_outboxes",
-                "schedule": _settings.outbox_sweep_interval_s,
-            },
-            "expire-reservations": {
-                "task": "orders.expire_unpaid_orders",
-                "schedule": _settings.reservation_expiry_interval_s,
-            },
-            "close-due-sale-days": {
-                "task": "catalog.close_due_sale_days",
-                "schedule": _settings.cutoff_check_interval_s,
-            },
-            "release-orphaned-reservations": {
-                "task": "catalog.release_orphaned_reservations",
-                "schedule": _settings.reservation_expiry_interval_s,
-            },
-            "execute-refunds": {
-                "task": "orders.execute_pending_refunds",
-                "schedule": _settings.refund_retry_interval_s,
-            },
-            "complete-orders": {
-                "task": "orders.complete_orders_past_window",
-                "schedule": _settings.completion_interval_s,
-            },
-            "evaluate-leader-tiers": {
-                "task": "leaders.evaluate_tiers",
-                "schedule": _settings.tier_evaluation_interval_s,
-            },
-            "release-commissions": {
-                "task": "settlement.release_commissions",
-                "schedule": _settings.commission_release_interval_s,
-            },
-            "retry-payouts": {
-                "task": "settlement.retry_payouts",
-                "schedule": _settings.payout_retry_interval_s,
-            },
-            "reconcile-payouts": {
-                "task": "settlement.reconcile_daily",
-                "schedule": _settings.reconciliation_interval_s,
-            },
-        },
-    }
-)
-
 _loop: asyncio.AbstractEventLoop | None = None
 
 
