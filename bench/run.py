@@ -233,8 +233,8 @@ class Bench:
 
     # --- platform -------------------------------------------------------------------------------
     def start(self) -> None:
-        from services.common import devstack
         from services.common.settings import Settings, override_settings
+        from services.platform import devstack
 
         data = ROOT / ".data" / "bench"
         self.handles: list = []
@@ -288,7 +288,7 @@ class Bench:
         self.dsn = self.db_url
 
     def stop(self) -> None:
-        from services.common import devstack
+        from services.platform import devstack
 
         self.platform.stop()
         try:

@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.common import devstack
 from services.common.settings import Settings, override_settings
+from services.platform import devstack
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".data" / "test"

@@ -139,7 +139,9 @@ class NulGuardMiddleware:
 
 
 async def broker_reachable(timeout: float = 1.0) -> bool:
-    from .celery_app import celery
+    # not at import: the gateway imports this module and never publishes, so Celery and
+    # its broker client (14 MB) stay out of its memory
+    from .broker import celery
 
     def check() -> bool:
         with celery.connection_for_write() as conn:

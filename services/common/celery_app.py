@@ -1,4 +1,6 @@
-"""The Celery app: event fan-out and consumption, outbox sweeps, scheduled jobs.
+"""The kernel's tasks on the shared Celery app (`broker`): event fan-out and consumption,
+the outbox sweep, and what every worker process does around its tasks (logs, request ids,
+metrics, its liveness mark).
 
 Tasks are acknowledged late and re-queued when a worker dies, and a task Redis had handed
 to a worker killed before it recorded it is sent again from the outbox (the worker's
@@ -14,7 +16,6 @@ import threading
 from typing import Any
 
 import structlog
-from celery import Celery
 from celery.exceptions import Reject
 from celery.signals import (
     beat_init,
@@ -31,107 +32,30 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from . import db
+from .broker import broker_errors, celery
+from .events import (
+    SUBSCRIPTIONS,
+    broker_restarted,
+    consume,
+    mark_broker,
+    relay_outbox,
+    replay_recent,
+    retry_countdown,
+    subscribers_of,
+    unpublish,
+    worker_alive,
+    worker_stopped,
+    workers_lost,
+)
+from .logging import configure_logging
 from .settings import SERVICES, get_settings
+
+__all__ = ["celery", "run"]
 
 log = structlog.get_logger()
 
 _settings = get_settings()
-
-celery = Celery("groupbuy", broker=_settings.celery_broker_url)
-celery.conf.update(
-    task_serializer="json",
-    accept_content=["json"],
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    task_ignore_result=True,
-    task_default_queue=_settings.celery_queue,
-    broker_connection_retry_on_startup=True,
-    broker_transport_options={
-        "visibility_timeout": _settings.broker_visibility_timeout_s,
-        "unacked_restore_interval": _settings.broker_restore_interval_s,
-        # every periodic look really scans, so the interval alone sets the delay
-        "unacked_restore_throttle": 1,
-        # the lock a worker takes to restore expired tasks: kombu keeps it 5 minutes, so a
-        # worker killed while holding it (it scans on every poll) stopped every other
-        # worker from restoring anything for that long (the SIGKILL test, now and then)
-        "unacked_mutex_expire": max(5, int(2 * _settings.broker_restore_interval_s)),
-    },
-    worker_hijack_root_logger=False,
-    timezone="UTC",
-    imports=[f"services.{s}.tasks" for s in SERVICES],
-    beat_schedule={
-        "sweep-outboxes": {
-            "task": "events.sweep_outboxes",
-            "schedule": _settings.outbox_sweep_interval_s,
-        },
-        "expire-reservations": {
-            "task": "orders.expire_unpaid_orders",
-            "schedule": _settings.reservation_expiry_interval_s,
-        },
-        "close-due-sale-days": {
-            "task": "catalog.close_due_sale_days",
-            "schedule": _settings.cutoff_check_interval_s,
-        },
-        "release-orphaned-reservations": {
-            "task": "catalog.release_orphaned_reservations",
-            "schedule": _settings.reservation_expiry_interval_s,
-        },
-        "execute-refunds": {
-            "task": "orders.execute_pending_refunds",
-            "schedule": _settings.refund_retry_interval_s,
-        },
-        "complete-orders": {
-            "task": "orders.complete_orders_past_window",
-            "schedule": _settings.completion_interval_s,
-        },
-        "evaluate-leader-tiers": {
-            "task": "leaders.evaluate_tiers",
-            "schedule": _settings.tier_evaluation_interval_s,
-        },
-        "release-commissions": {
-            "task": "settlement.release_commissions",
-            "schedule": _settings.commission_release_interval_s,
-        },
-        "retry-payouts": {
-            "task": "settlement.retry_payouts",
-            "schedule": _settings.payout_retry_interval_s,
-        },
-        "reconcile-payouts": {
-            "task": "settlement.reconcile_daily",
-            "schedule": _settings.reconciliation_interval_s,
-        },
-    },
-)
-
-
-def _survive_a_broker_lost_with_unacked_tasks() -> None:
-    """kombu 5.7's Redis transport: once the worker's broker connection dropped, its
-    teardown (`collect()` lets go of the transport) leaves channels whose connection is
-    gone, and the next broker call through one of them (requeueing the tasks the worker
-    had taken, acknowledging a task that finished meanwhile) raised AttributeError
-    instead of a connection error. The worker takes that for an unrecoverable error and
-    exits, so a broker restart stopped every event until someone restarted the worker.
-    Such a call now raises the connection error it is, which kombu and Celery already
-    handle (the tasks stay in the broker's unacked set and come back after
-    BROKER_VISIBILITY_TIMEOUT_S)."""
-    from kombu.transport import redis as kombu_redis
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
-    original = kombu_redis.Channel._connparams
-    if getattr(original, "survives_lost_broker", False):
-        return
-
-    def _connparams(self, asynchronous=False):
-        if self.connection is None or self.connection.client is None:
-            raise RedisConnectionError("this channel's broker connection is closed")
-        return original(self, asynchronous=asynchronous)
-
-    _connparams.survives_lost_broker = True
-    kombu_redis.Channel._connparams = _connparams
-
-
-_survive_a_broker_lost_with_unacked_tasks()
 
 _loop: asyncio.AbstractEventLoop | None = None
 
@@ -150,8 +74,6 @@ def _fresh_loop_per_child(**_: Any) -> None:
     # engines and loops made before the fork must not be shared with the parent
     global _loop
     _loop = None
-    from . import db
-
     db._databases.clear()
     db.WORKER_POOL.update(size=_settings.worker_db_pool_size, overflow=1)
 
@@ -161,15 +83,11 @@ def _fresh_loop_per_child(**_: Any) -> None:
 
 @celeryd_init.connect
 def _worker_logging(**_: Any) -> None:
-    from .logging import configure_logging
-
     configure_logging("worker")
 
 
 @beat_init.connect
 def _beat_logging(**_: Any) -> None:
-    from .logging import configure_logging
-
     configure_logging("beat")
 
 
@@ -177,14 +95,14 @@ def _beat_logging(**_: Any) -> None:
 def _worker_metrics(**_: Any) -> None:
     port = get_settings().worker_metrics_port
     if port:
-        import os
-
         path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if path and os.path.isdir(path):
             # an earlier run's files would be summed into this run's counters
             for name in os.listdir(path):
                 if name.endswith(".db"):
                     os.unlink(os.path.join(path, name))
+        # only now: prometheus_client's multiprocess mode opens this process's value files
+        # when the metrics are defined, and the loop above removes an earlier run's files
         from .metrics import start_worker_metrics_server
 
         start_worker_metrics_server(port)
@@ -192,9 +110,7 @@ def _worker_metrics(**_: Any) -> None:
 
 @worker_process_shutdown.connect
 def _child_metrics_gone(pid: int | None = None, **_: Any) -> None:
-    import os
-
-    from .metrics import mark_worker_child_dead
+    from .metrics import mark_worker_child_dead  # not at import: see _worker_metrics
 
     mark_worker_child_dead(pid or os.getpid())
 
@@ -239,7 +155,7 @@ def _unbind_task_context(state=None, **_: Any) -> None:
 
 @task_failure.connect
 def _count_failure(sender=None, exception=None, **_: Any) -> None:
-    from .metrics import TASK_FAILURES
+    from .metrics import TASK_FAILURES  # not at import: see _worker_metrics
 
     TASK_FAILURES.labels(task=sender.name).inc()
     log.error("task_failed", error_type=type(exception).__name__)
@@ -247,17 +163,9 @@ def _count_failure(sender=None, exception=None, **_: Any) -> None:
 
 @task_retry.connect
 def _count_retry(sender=None, **_: Any) -> None:
-    from .metrics import TASK_RETRIES
+    from .metrics import TASK_RETRIES  # not at import: see _worker_metrics
 
     TASK_RETRIES.labels(task=getattr(sender, "name", "unknown")).inc()
-
-
-def _broker_errors() -> tuple[type[BaseException], ...]:
-    """What publishing raises when the broker is unreachable."""
-    from kombu.exceptions import OperationalError
-
-    with celery.connection_for_write() as conn:
-        return (OperationalError, *conn.connection_errors)
 
 
 def _give_back(env: dict[str, Any], error: Exception) -> None:
@@ -265,9 +173,6 @@ def _give_back(env: dict[str, Any], error: Exception) -> None:
     unpublished in its producer's outbox, so the sweep sends it again once the broker is
     back. Nothing else is trusted with it: the failed task's message may be acknowledged
     or lost with the connection. Consumers that had it already drop the repeat."""
-    from .db import get_db
-    from .events import unpublish
-
     log.warning(
         "event_handed_back_to_outbox",
         event_id=env.get("id"),
@@ -276,7 +181,7 @@ def _give_back(env: dict[str, Any], error: Exception) -> None:
         error=str(error),
     )
     if env.get("producer") in SERVICES:
-        run(unpublish(get_db(env["producer"]), env["id"]))
+        run(unpublish(db.get_db(env["producer"]), env["id"]))
 
 
 def _log_consume_failed(sub, env: dict[str, Any], exc: Exception) -> None:
@@ -312,15 +217,12 @@ def dispatch(events: dict[str, Any] | list[dict[str, Any]]) -> int:
 
 def _dispatch_one(env: dict[str, Any]) -> int:
     """How many subscribers the event went to (0: handed back to its outbox)."""
-    from .db import get_db
-    from .events import consume, subscribers_of
-
     subs = subscribers_of(env["topic"])
     try:
         if len(subs) == 1:
             (sub,) = subs
             try:
-                run(consume(get_db(sub.service), sub, env))
+                run(consume(db.get_db(sub.service), sub, env))
             except Exception as exc:
                 _log_consume_failed(sub, env, exc)
                 consume_event.apply_async(args=[sub.name, env], countdown=1)
@@ -328,19 +230,16 @@ def _dispatch_one(env: dict[str, Any]) -> int:
         for sub in subs:
             consume_event.apply_async(args=[sub.name, env])
         return len(subs)
-    except _broker_errors() as exc:
+    except broker_errors() as exc:
         _give_back(env, exc)
         return 0
 
 
 @celery.task(name="events.consume", bind=True, max_retries=_settings.event_max_retries)
 def consume_event(self, subscription_name: str, env: dict[str, Any]) -> bool:
-    from .db import get_db
-    from .events import SUBSCRIPTIONS, consume, retry_countdown
-
     sub = SUBSCRIPTIONS[subscription_name]
     try:
-        return run(consume(get_db(sub.service), sub, env))
+        return run(consume(db.get_db(sub.service), sub, env))
     except Exception as exc:
         _log_consume_failed(sub, env, exc)
         try:
@@ -367,8 +266,6 @@ class _Liveness:
         self.stop = threading.Event()
 
     def start(self, node: str) -> None:
-        from .events import worker_alive
-
         self.node = node
         ttl = get_settings().worker_liveness_ttl_s
 
@@ -384,8 +281,6 @@ class _Liveness:
         threading.Thread(target=beat, name="groupbuy-liveness", daemon=True).start()
 
     def stopped(self) -> None:
-        from .events import worker_stopped
-
         self.stop.set()
         if self.node is not None:
             try:
@@ -416,15 +311,13 @@ def sweep_outboxes() -> int:
     outright the task it had just been handed, so after either those published within
     OUTBOX_REPLAY_WINDOW_S go out again first (the inbox makes repeats no-ops); the broker
     is marked as seen only once they are marked for the relay."""
-    from .db import get_db
-    from .events import broker_restarted, mark_broker, relay_outbox, replay_recent, workers_lost
 
     async def sweep() -> int:
         restarted = await asyncio.to_thread(broker_restarted)
         lost = await asyncio.to_thread(workers_lost)
         if restarted or lost:
             window = get_settings().outbox_replay_window_s
-            replayed = sum([await replay_recent(get_db(s), window) for s in SERVICES])
+            replayed = sum([await replay_recent(db.get_db(s), window) for s in SERVICES])
             if restarted:
                 await asyncio.to_thread(mark_broker)
             log.warning(
@@ -433,6 +326,6 @@ def sweep_outboxes() -> int:
                 workers_lost=lost,
                 events=replayed,
             )
-        return sum([await relay_outbox(get_db(s)) for s in SERVICES])
+        return sum([await relay_outbox(db.get_db(s)) for s in SERVICES])
 
     return run(sweep())

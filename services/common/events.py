@@ -19,7 +19,6 @@ import os
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -31,7 +30,10 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import SQLModel
 
+from .background import after_response
+from .broker import broker_redis, celery
 from .clock import clock
+from .settings import get_settings
 
 if TYPE_CHECKING:
     from services.contracts.events import Event
@@ -167,8 +169,6 @@ PUBLISH_BATCH = 100
 def _publish(envelopes: list[dict[str, Any]]) -> None:
     """One broker message per batch of events: publishing costs about a millisecond of
     CPU per message, which per event was an eighth of the orders service's time."""
-    from .celery_app import celery
-
     with celery.producer_or_acquire() as producer:
         for start in range(0, len(envelopes), PUBLISH_BATCH):
             batch = envelopes[start : start + PUBLISH_BATCH]
@@ -211,22 +211,11 @@ async def relay_outbox(db, limit: int = 500) -> int:
 
 
 def broker_mark_key() -> str:
-    from .settings import get_settings
-
     return f"groupbuy:broker-mark:{get_settings().celery_queue}"
 
 
 def _redis_run_id(client) -> str:
     return str(client.info("server").get("run_id", ""))
-
-
-@contextmanager
-def _broker_redis():
-    """The broker's Redis client, or None when the broker is not Redis."""
-    from .celery_app import celery
-
-    with celery.connection_for_write() as conn:
-        yield conn.default_channel.client if conn.transport.driver_type == "redis" else None
 
 
 def broker_restarted() -> bool:
@@ -235,7 +224,7 @@ def broker_restarted() -> bool:
     delivered may be gone: without its data everything queued, and even with it a task a
     worker had popped but not yet recorded as unacknowledged when the broker died. Only a
     Redis broker can be asked; RabbitMQ keeps durable queues across restarts."""
-    with _broker_redis() as client:
+    with broker_redis() as client:
         if client is None:
             return False
         mark = client.get(broker_mark_key())
@@ -244,7 +233,7 @@ def broker_restarted() -> bool:
 
 
 def mark_broker() -> None:
-    with _broker_redis() as client:
+    with broker_redis() as client:
         if client is not None:
             client.set(broker_mark_key(), _redis_run_id(client))
 
@@ -259,8 +248,6 @@ def mark_broker() -> None:
 
 
 def _workers_key(queue: str | None = None) -> str:
-    from .settings import get_settings
-
     return f"groupbuy:workers:{queue or get_settings().celery_queue}"
 
 
@@ -270,7 +257,7 @@ def _worker_key(node: str, queue: str | None = None) -> str:
 
 def worker_alive(node: str, ttl_s: float, queue: str | None = None) -> None:
     """The worker `node` is running (refreshed every ttl/3 by the worker itself)."""
-    with _broker_redis() as client:
+    with broker_redis() as client:
         if client is not None:
             client.sadd(_workers_key(queue), node)
             client.set(_worker_key(node, queue), "1", px=int(ttl_s * 1000))
@@ -278,7 +265,7 @@ def worker_alive(node: str, ttl_s: float, queue: str | None = None) -> None:
 
 def worker_stopped(node: str, queue: str | None = None) -> None:
     """A clean shutdown: the worker handed its tasks back, nothing to replay."""
-    with _broker_redis() as client:
+    with broker_redis() as client:
         if client is not None:
             client.delete(_worker_key(node, queue))
             client.srem(_workers_key(queue), node)
@@ -287,7 +274,7 @@ def worker_stopped(node: str, queue: str | None = None) -> None:
 def workers_lost(queue: str | None = None) -> list[str]:
     """Workers whose liveness mark expired: killed, not stopped. Each is reported to one
     sweep only (the SREM that removes it decides)."""
-    with _broker_redis() as client:
+    with broker_redis() as client:
         if client is None:
             return []
         lost = []
@@ -342,8 +329,6 @@ def kick(db) -> None:
     Kicks coalesce: while a relay runs, further kicks ask for one more pass, so a burst of
     commits makes a few relays of many events instead of one relay (a transaction and a
     broker round trip) per request."""
-    from .background import after_response
-
     loop = asyncio.get_running_loop()
     pump = _pumps.setdefault(loop, {}).setdefault(db.schema, _Pump())
     if pump.running:

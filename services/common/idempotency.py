@@ -15,6 +15,7 @@ import structlog
 from sqlalchemy import Column, DateTime, Integer, LargeBinary, String, Table, func, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import verify_token
@@ -167,8 +168,6 @@ class IdempotencyMiddleware:
                     "this Idempotency-Key was used with a different request body",
                 )
             if row.status == "done":
-                from starlette.responses import Response
-
                 return Response(
                     row.response_body,
                     status_code=row.response_status,

@@ -25,9 +25,15 @@ from prometheus_client import (  # noqa: E402
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
+    start_http_server,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import text
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .clock import clock
 
 log = structlog.get_logger()
 
@@ -126,10 +132,6 @@ def metrics_response(registry: CollectorRegistry | None = None) -> Response:
 
 async def refresh_outbox_lag(db) -> None:
     """Measured at scrape time: one indexed query, only as often as Prometheus asks."""
-    from sqlalchemy import text
-
-    from .clock import clock
-
     try:
         async with db.session() as s:
             oldest = (
@@ -148,9 +150,6 @@ async def refresh_outbox_lag(db) -> None:
 
 def start_worker_metrics_server(port: int) -> None:
     """Serve the worker children's merged counters from the parent process."""
-    from prometheus_client import start_http_server
-    from prometheus_client.multiprocess import MultiProcessCollector
-
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not path:
         log.warning("worker_metrics_disabled", reason="PROMETHEUS_MULTIPROC_DIR is not set")
@@ -162,6 +161,4 @@ def start_worker_metrics_server(port: int) -> None:
 
 def mark_worker_child_dead(pid: int) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
         multiprocess.mark_process_dead(pid)

@@ -1,37 +1,22 @@
 """Alembic for one schema per service: each service keeps its own history, version
-table and tables; `upgrade_all` applies every service's migrations (the CLI's
-`migrate`, `make run` and the test fixtures call it)."""
+table and tables, and its migrations/env.py runs them here. Where each service's
+migrations live, and applying them all, is the composition package's
+(`services.platform.migrations`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from alembic import command
-from alembic.config import Config
+from alembic import context
 from sqlalchemy import create_engine, pool, text
 from sqlmodel import SQLModel
 
 from .db import driver_url
-from .settings import SERVICES, get_settings
+from .settings import get_settings
 
-ROOT = Path(__file__).resolve().parents[1]
 _LOCK_ID = 7_240_001
-
-
-def alembic_config(service: str, url: str | None = None) -> Config:
-    cfg = Config()
-    cfg.set_main_option("path_separator", "os")
-    cfg.set_main_option("script_location", str(ROOT / service / "migrations"))
-    cfg.set_main_option("version_locations", str(ROOT / service / "migrations" / "versions"))
-    cfg.attributes["database_url"] = url or get_settings().database_url_for(service)
-    cfg.attributes["service"] = service
-    return cfg
 
 
 def run_migrations_online(schema: str) -> None:
     """Called from each service's migrations/env.py."""
-    from alembic import context
-
     url = context.config.attributes.get("database_url") or get_settings().database_url_for(schema)
     engine = create_engine(driver_url(url, "psycopg"), poolclass=pool.NullPool)
 
@@ -64,13 +49,3 @@ def run_migrations_online(schema: str) -> None:
         conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _LOCK_ID})
         conn.commit()
     engine.dispose()
-
-
-def upgrade_all(url: str | None = None, revision: str = "head") -> None:
-    for service in SERVICES:
-        command.upgrade(alembic_config(service, url), revision)
-
-
-def downgrade_all(url: str | None = None, revision: str = "base") -> None:
-    for service in reversed(SERVICES):
-        command.downgrade(alembic_config(service, url), revision)

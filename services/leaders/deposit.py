@@ -18,6 +18,7 @@ from services.common.payments import PaymentDeclined, ProviderRejected, get_prov
 from services.common.settings import get_settings
 
 from .models import DepositEntry, Leader
+from .service import get_leader
 
 log = structlog.get_logger()
 
@@ -34,17 +35,11 @@ class DepositNotRefundable(Conflict):
     code = "deposit_not_refundable"
 
 
-async def _leader(s: AsyncSession, leader_id: int) -> Leader:
-    from .service import get_leader
-
-    return await get_leader(s, leader_id)
-
-
 async def start_payment(db, leader_id: int, payment_method: str | None) -> Leader:
     """Create (or reuse) the deposit's one intent; with a method, confirm it too."""
     provider = get_provider()
     async with db.session() as s:
-        leader = await _leader(s, leader_id)
+        leader = await get_leader(s, leader_id)
     if leader.deposit_status != "unpaid":
         return leader  # paid (or being refunded): never a second charge
     if leader.status == "terminated":
@@ -99,7 +94,7 @@ async def start_payment(db, leader_id: int, payment_method: str | None) -> Leade
                     "the card was declined", code=intent.error_code or "card_declined"
                 )
     async with db.session() as s:
-        return await _leader(s, leader_id)
+        return await get_leader(s, leader_id)
 
 
 async def record_payment(s: AsyncSession, leader_id: int, intent_id: str, amount_fen: int) -> bool:
@@ -149,7 +144,7 @@ async def _entry(
 
 
 async def deduct(s: AsyncSession, leader_id: int, amount_fen: int, reason: str, by: int) -> int:
-    leader = await _leader(s, leader_id)
+    leader = await get_leader(s, leader_id)
     row = (
         await s.execute(
             text(

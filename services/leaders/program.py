@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -17,6 +17,7 @@ from services.contracts.events import ShopperBound
 from . import projection, status
 from .applications import new_invite_code
 from .models import SCHEMA, Complaint, LeaderStatus, TrainingSession
+from .service import LeaderNotActive, get_leader
 
 # --- complaints ----------------------------------------------------------------------------
 
@@ -188,8 +189,6 @@ async def handover(s: AsyncSession, from_id: int, to_id: int, reason: str, by: i
     """Move a group's shoppers to another leader; returns the shoppers moved. Orders
     already placed keep the leader and rate they snapshotted; every order from now on
     goes (and pays commission) to the new leader."""
-    from .service import LeaderNotActive, get_leader
-
     if from_id == to_id:
         raise SameLeader("a group cannot be handed to its own leader")
     await get_leader(s, from_id)
@@ -249,8 +248,6 @@ async def leader_by_invite(s: AsyncSession, code: str) -> int:
 
 def period_bounds(start: date, end: date) -> tuple[datetime, datetime]:
     tz = get_settings().timezone
-    from datetime import time
-
     return local_datetime(start, time(0), tz), local_datetime(end + timedelta(days=1), time(0), tz)
 
 

@@ -131,7 +131,7 @@ async def leader_me(who: CurrentPrincipal) -> LeaderMeOut:
             out.deposit = _deposit_out(leader)
             out.onboarding_done = leader.onboarding_done
             out.invite_code = leader.invite_code
-            out.tier_progress = await service.tier_progress(s, leader)
+            out.tier_progress = await evaluation.progress(s, leader)
     return out
 
 

@@ -226,9 +226,3 @@ async def nearby(s: AsyncSession, lat: float, lng: float, limit: int, offset: in
 
 def leader_out(leader: Leader) -> dict:
     return leader.model_dump() | {"commission_rate": rate_for(leader.tier)}
-
-
-async def tier_progress(s: AsyncSession, leader: Leader) -> dict | None:
-    from .evaluation import progress
-
-    return await progress(s, leader)

@@ -12,6 +12,7 @@ from services.contracts.events import LeaderStatusChanged
 
 from . import projection
 from .models import SCHEMA, LeaderStatus
+from .service import get_leader
 
 
 class StatusConflict(Conflict):
@@ -71,8 +72,6 @@ async def change(
 async def change_or_refuse(
     s: AsyncSession, leader_id: int, to: LeaderStatus, reason: str, by: int
 ) -> None:
-    from .service import get_leader
-
     leader = await get_leader(s, leader_id)
     if await change(s, leader_id, to, reason, by) is None:
         raise StatusConflict(f"a {leader.status} leader cannot become {to.value}")

@@ -2,7 +2,7 @@
 
 from services.common.celery_app import celery, run
 from services.common.db import get_db
-from services.common.events import subscribe
+from services.common.events import relay_outbox, subscribe
 from services.contracts.events import (
     DepositPaymentSucceeded,
     OrderCancelled,
@@ -51,8 +51,6 @@ def evaluate_tiers() -> int:
     db = get_db("leaders")
 
     async def go() -> int:
-        from services.common.events import relay_outbox
-
         changes = await evaluation.run_evaluations(db)
         await relay_outbox(db)
         return len(changes)

@@ -13,7 +13,7 @@ from tests.helpers import bound_shopper, eventually, open_day, shopper, staff, u
 
 
 async def test_orphaned_reservation_is_released_and_real_orders_keep_theirs(gateway_url):
-    from services.common.seed import seed_demo
+    from services.platform.seed import seed_demo
 
     await seed_demo()
     ops = await staff(gateway_url)

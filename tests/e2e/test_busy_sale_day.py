@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 
 async def test_two_leaders_one_day(gateway_url):
-    from services.common.seed import seed_demo
+    from services.platform.seed import seed_demo
 
     await seed_demo()
     base = gateway_url

@@ -38,11 +38,11 @@ async def _leader(base: str, name: str) -> Api:
 
 @pytest.fixture(scope="module")
 async def seeded(infra):
-    from services.common.seed import seed_demo
+    from services.platform.seed import seed_demo
 
     await seed_demo()
     await seed_demo()  # idempotent: the second run adds nothing
-    from services.common.seed import DEMO_PRODUCTS
+    from services.platform.seed import DEMO_PRODUCTS
 
     async with get_db("leaders").session() as s:
         leaders = (

@@ -21,7 +21,7 @@ async def _order_count() -> int:
 
 @pytest.fixture(scope="module")
 async def day_with_deal(gateway_url):
-    from services.common.seed import seed_demo
+    from services.platform.seed import seed_demo
 
     await seed_demo()
     ops = await staff(gateway_url)

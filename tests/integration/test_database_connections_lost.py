@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from services.common.devstack import with_database
+from services.platform.devstack import with_database
 from tests.helpers import problem_of, shopper, staff
 
 

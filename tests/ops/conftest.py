@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common import devstack
+from services.platform import devstack
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,7 @@ def ops_platform(infra, platform):
 
 @pytest.fixture(scope="session")
 async def ops_seeded(ops_platform):
-    from services.common.seed import seed_demo
+    from services.platform.seed import seed_demo
 
     await seed_demo()
 

@@ -13,14 +13,14 @@ import httpx
 import psycopg
 import pytest
 
-from services.common import devstack
+from services.platform import devstack
 
 
 def groupbuy(
     *args: str, env: dict | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "services.common.cli", *args],
+        [sys.executable, "-m", "services.platform.cli", *args],
         env={**os.environ, "COLUMNS": "200", **(env or {})},
         capture_output=True,
         text=True,
@@ -62,7 +62,7 @@ def test_migrate_then_restore_a_backup_reproduces_the_data(
 
     # without --yes an operator is asked first; answering no changes nothing
     refused = subprocess.run(
-        [sys.executable, "-m", "services.common.cli", "restore", str(dump)],
+        [sys.executable, "-m", "services.platform.cli", "restore", str(dump)],
         env={**os.environ, "DATABASE_URL": scratch_db},
         input="n\n",
         capture_output=True,
@@ -99,7 +99,7 @@ def test_serve_runs_one_process_of_the_image(infra, tmp_path):
     port = devstack.free_port()
     env = {"PORT": str(port), "DATA_DIR": str(tmp_path)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.common.cli", "serve", "catalog", "--host", "127.0.0.1"],
+        [sys.executable, "-m", "services.platform.cli", "serve", "catalog", "--host", "127.0.0.1"],
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -138,7 +138,7 @@ def test_serve_worker_answers_pings_and_serves_its_metrics(infra, tmp_path):
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "worker-metrics"),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.common.cli", "serve", "worker", "--concurrency", "1"],
+        [sys.executable, "-m", "services.platform.cli", "serve", "worker", "--concurrency", "1"],
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -18,8 +18,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.common.cli import PROCESSES
 from services.common.settings import Settings
+from services.platform.cli import PROCESSES
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -82,7 +82,7 @@ def test_the_package_the_image_installs_carries_migrations_and_the_payment_fake(
     for svc in ("catalog", "orders", "leaders", "settlement"):
         assert f"services/{svc}/migrations/env.py" in names
         assert any(n.startswith(f"services/{svc}/migrations/versions/") for n in names)
-    assert "services/common/fakes/payments_server.py" in names
+    assert "services/platform/fakes/payments_server.py" in names
     assert "gateway/app.py" in names
 
 
@@ -145,7 +145,7 @@ def test_compose_infrastructure_is_healthchecked_and_private(compose):
     assert services["localstripe"]["entrypoint"] == [
         "python",
         "-m",
-        "services.common.fakes.payments_server",
+        "services.platform.fakes.payments_server",
     ]
     assert services["flower"]["environment"]["CELERY_BROKER_URL"].startswith("amqp://")
     published = {name for name, svc in services.items() if svc.get("ports")}

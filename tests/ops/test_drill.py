@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import psycopg
 
-from services.common import devstack
-from services.common.drill import Figures, compare
+from services.platform import devstack
+from services.platform.drill import Figures, compare
 from tests.helpers import bound_shopper, open_day, shopper, staff, unique_day
 from tests.ops.test_cli import groupbuy, scratch_db  # noqa: F401 - the fixture
 from tests.settlement.conftest import earn_available, leader_api, new_leader

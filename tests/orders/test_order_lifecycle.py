@@ -26,7 +26,7 @@ from tests.helpers import (
 
 @pytest.fixture(scope="module")
 async def world(gateway_url):
-    from services.common.seed import seed_demo
+    from services.platform.seed import seed_demo
 
     await seed_demo()
     ops = await staff(gateway_url)

@@ -10,7 +10,7 @@ from tests.helpers import bound_shopper, open_day, shopper, staff, unique_day
 
 @pytest.fixture(scope="package")
 async def world(gateway_url):
-    from services.common.seed import seed_demo
+    from services.platform.seed import seed_demo
 
     await seed_demo()
     ops = await staff(gateway_url)

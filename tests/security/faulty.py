@@ -19,10 +19,10 @@ import httpx
 import psycopg
 from psycopg.rows import dict_row
 
-from services.common import devstack
 from services.common.idempotency import IN_PROGRESS_GRACE
 from services.common.payments import PaymentProvider
 from services.common.settings import SERVICES
+from services.platform import devstack
 from tests.conftest import DATA
 
 RETRYABLE = {502, 503, 504}
@@ -103,7 +103,7 @@ def start_faulty_platform(infra, *, seed: int, name: str = "faults") -> FaultyPl
         routes += ["--route", f"{n}={proxy_ports[n]}=http://127.0.0.1:{ports[n]}"]
     supervisor.start(
         "faultproxy",
-        [sys.executable, "-m", "services.common.fakes.faultproxy", "--control-port", str(control)]
+        [sys.executable, "-m", "services.platform.fakes.faultproxy", "--control-port", str(control)]
         + ["--seed", str(seed), "--rate", "0", "--late-s", str(LATE_S)]
         + routes,
         dict(os.environ),

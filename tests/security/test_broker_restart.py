@@ -27,8 +27,8 @@ import orjson
 import psycopg
 import pytest
 
-from services.common import devstack
 from services.common.events import subscribers_of
+from services.platform import devstack
 from tests.conftest import DATA
 from tests.helpers import Api, bound_shopper, eventually, open_day, shopper, staff, unique_day
 
@@ -114,7 +114,7 @@ def private(infra):
             supervisor=supervisor,
         )
         seeded = subprocess.run(
-            [sys.executable, "-m", "services.common.cli", "seed-demo"],
+            [sys.executable, "-m", "services.platform.cli", "seed-demo"],
             env=platform.env,
             capture_output=True,
             text=True,
@@ -273,10 +273,10 @@ async def _at_least(producer: Producer, n: int) -> bool:
 
 DISPATCH_WITHOUT_BROKER = """
 import sys, orjson
-from services.common.celery_app import celery, dispatch
+from services.common.celery_app import dispatch
 from services.common.logging import configure_logging
 configure_logging("worker")
-celery.loader.import_default_modules()  # the consumers, as a worker registers them
+import services.platform.worker  # the consumers, as a worker registers them
 print("fanned out to", dispatch.run(orjson.loads(sys.argv[1])))
 """
 
@@ -336,7 +336,7 @@ def test_a_worker_losing_the_broker_with_unacked_tasks_keeps_running(private):
     from kombu import Connection, Consumer, Producer, Queue
     from kombu.common import ignore_errors
 
-    import services.common.celery_app  # noqa: F401 - the worker's broker settings
+    import services.common.broker  # noqa: F401 - the worker's fix of kombu's Redis transport
 
     name = f"unacked-{uuid.uuid4().hex[:8]}"
     options = {"visibility_timeout": 1}

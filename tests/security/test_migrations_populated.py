@@ -17,10 +17,10 @@ import services.catalog.models
 import services.leaders.models
 import services.orders.models
 import services.settlement.models  # noqa: F401 - every table in the metadata
-from services.common import devstack
 from services.common.db import driver_url
-from services.common.migrations import alembic_config, downgrade_all, upgrade_all
 from services.common.settings import SERVICES
+from services.platform import devstack
+from services.platform.migrations import alembic_config, downgrade_all, upgrade_all
 
 KEPT = ["catalog.products", "catalog.deals", "leaders.users", "leaders.leaders", "orders.orders"]
 

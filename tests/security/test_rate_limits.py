@@ -9,8 +9,8 @@ import sys
 import httpx
 import pytest
 
-from services.common import devstack
 from services.common.auth import issue_token
+from services.platform import devstack
 from tests.helpers import problem_of
 
 LIMIT = 3

@@ -73,7 +73,7 @@ async def _handled(schema: str, event_ids: list) -> Counter:
 
 
 async def test_orders_restarted_mid_request_loses_no_event(platform, gateway_url):
-    from services.common.seed import seed_demo
+    from services.platform.seed import seed_demo
 
     await seed_demo()
     stats = RetryStats()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import httpx
 from aiohttp import web
 
-from services.common.devstack import free_port
-from services.common.fakes.faultproxy import KINDS, FaultProxy, Route
+from services.platform.devstack import free_port
+from services.platform.fakes.faultproxy import KINDS, FaultProxy, Route
 
 
 async def _upstream() -> tuple[web.AppRunner, int, list]:

@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+from services.common.db import driver_url
+from services.settlement.ledger import check_invariants
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 
@@ -77,12 +81,6 @@ def compare(source: Figures, restored: Figures) -> list[str]:
 
 async def ledger_problems(url: str) -> list[str]:
     """The ledger invariant check (`check-ledger`) against the database at `url`."""
-    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-
-    from services.settlement.ledger import check_invariants
-
-    from .db import driver_url
-
     engine = create_async_engine(driver_url(url, "asyncpg"), pool_size=1, max_overflow=0)
     try:
         async with AsyncSession(engine) as s:

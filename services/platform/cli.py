@@ -2,16 +2,28 @@
 
 Exit codes: 0 done; 1 the operation failed (database unreachable, a tool refused);
 2 bad usage (unknown command or process, malformed argument), from typer itself.
+
+A command imports the platform's code it needs when it runs ("on use" below), never at
+start-up: `groupbuy healthcheck` runs every 15 s under a 5 s timeout in every container,
+and importing the kernel's database and HTTP layers takes a second or more, every
+service several.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
+import shutil
 import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import time
-from datetime import date
+import urllib.request
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import typer
@@ -27,7 +39,7 @@ def _run(coro):
     provider, the peers), so the loop does not end with them open."""
 
     async def run():
-        from .http import close_all_sessions
+        from services.common.http import close_all_sessions  # on use
 
         try:
             return await coro
@@ -38,7 +50,7 @@ def _run(coro):
 
 
 def _settings():
-    from .settings import Settings, override_settings
+    from services.common.settings import Settings, override_settings  # on use
 
     s = Settings()
     override_settings(s)
@@ -48,7 +60,7 @@ def _settings():
 @app.command()
 def run(host: str = typer.Option("127.0.0.1", help="interface the gateway listens on")) -> None:
     """Start the whole platform; embedded PostgreSQL / broker / payments when none is set."""
-    from . import devstack
+    from . import devstack  # on use
 
     data_dir = Path(os.environ.get("DATA_DIR", ".data")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +98,7 @@ def run(host: str = typer.Option("127.0.0.1", help="interface the gateway listen
     _settings()
 
     def seed() -> None:
-        from .seed import seed_demo
+        from .seed import seed_demo  # on use
 
         result = _run(seed_demo())
         console.print(
@@ -160,6 +172,12 @@ def _progress(**kw) -> Progress:
     )
 
 
+def _db(service: str):
+    from services.common.db import get_db  # on use
+
+    return get_db(service)
+
+
 def _fail(message: str) -> None:
     console.print(f"[red]{message}[/]")
     raise typer.Exit(1)
@@ -167,7 +185,7 @@ def _fail(message: str) -> None:
 
 def _masked(url: str) -> str:
     """A database URL fit for a terminal or a log: the password replaced."""
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import make_url  # on use
 
     try:
         return make_url(url).render_as_string(hide_password=True)
@@ -176,7 +194,7 @@ def _masked(url: str) -> str:
 
 
 def _libpq_url(url: str) -> str:
-    from .db import driver_url
+    from services.common.db import driver_url  # on use
 
     return driver_url(url, "psycopg").replace("postgresql+psycopg://", "postgresql://", 1)
 
@@ -203,7 +221,7 @@ def serve(
         return migrate(downgrade_to=None)
     s = _settings()
     if process in ("worker", "beat"):
-        argv = [sys.executable, "-m", "celery", "-A", "services.common.celery_app:celery"]
+        argv = [sys.executable, "-m", "celery", "-A", "services.platform.worker:celery"]
         if process == "worker":
             if s.worker_metrics_port:
                 # the forked task processes share their counters through this directory
@@ -218,9 +236,6 @@ def serve(
         target = "gateway.app:app" if process == "gateway" else f"services.{process}.app:app"
         argv = [sys.executable, "-m", "uvicorn", target, "--host", host, "--port", str(port)]
         argv += ["--no-access-log", "--log-level", "warning", "--proxy-headers"]
-    import json
-    import socket
-
     # execv keeps the pid: unique even with several workers on one host
     node = f"worker-{os.getpid()}@{socket.gethostname()}"
     if process == "worker":
@@ -235,9 +250,6 @@ def serve(
 @app.command()
 def healthcheck() -> None:
     """The image's HEALTHCHECK: does the process `serve` started here answer?"""
-    import json
-    import urllib.request
-
     marker = _serve_marker()
     if not marker.exists():
         _fail("no process was started with `groupbuy serve` in this container")
@@ -248,7 +260,7 @@ def healthcheck() -> None:
                 pass
         elif info["process"] == "worker":
             _settings()
-            from .celery_app import celery
+            from services.common.broker import celery  # on use
 
             if not celery.control.ping(destination=[info["node"]], timeout=3.0):
                 _fail(f"{info['node']} does not answer a ping")
@@ -260,10 +272,11 @@ def healthcheck() -> None:
 @app.command()
 def migrate(downgrade_to: str = typer.Option(None, help="downgrade every service to this")) -> None:
     """Apply every service's migrations (or downgrade them)."""
-    from alembic import command
+    from alembic import command  # on use
 
-    from .migrations import alembic_config
-    from .settings import SERVICES
+    from services.common.settings import SERVICES  # on use
+
+    from .migrations import alembic_config  # on use
 
     s = _settings()
     order = list(reversed(SERVICES)) if downgrade_to else list(SERVICES)
@@ -286,7 +299,7 @@ def migrate(downgrade_to: str = typer.Option(None, help="downgrade every service
 @app.command("seed-demo")
 def seed_demo_cmd() -> None:
     """Seed the demo leaders, products and tomorrow's published sale day (idempotent)."""
-    from .seed import seed_demo
+    from .seed import seed_demo  # on use
 
     _settings()
     with console.status("seeding demo data..."):
@@ -297,9 +310,7 @@ def seed_demo_cmd() -> None:
 @app.command("close-day")
 def close_day(day: str = typer.Argument(..., help="sale date, YYYY-MM-DD")) -> None:
     """Run the daily cutoff for DATE (YYYY-MM-DD) now."""
-    from services.catalog.service import close_sale_day
-
-    from .db import get_db
+    from services.catalog.service import close_sale_day  # on use
 
     try:
         sale_date = date.fromisoformat(day)
@@ -308,7 +319,7 @@ def close_day(day: str = typer.Argument(..., help="sale date, YYYY-MM-DD")) -> N
     _settings()
     try:
         with console.status(f"closing sale day {sale_date}..."):
-            result = _run(close_sale_day(get_db("catalog"), sale_date))
+            result = _run(close_sale_day(_db("catalog"), sale_date))
     except Exception as e:  # noqa: BLE001
         _fail(f"cutoff failed: {e}")
     console.print(result)
@@ -317,14 +328,12 @@ def close_day(day: str = typer.Argument(..., help="sale date, YYYY-MM-DD")) -> N
 @app.command("evaluate-tiers")
 def evaluate_tiers() -> None:
     """Run today's tier evaluation now (once per leader per day, like the schedule)."""
-    from services.leaders.evaluation import run_evaluations
-
-    from .db import get_db
+    from services.leaders.evaluation import run_evaluations  # on use
 
     _settings()
     try:
         with console.status("evaluating leaders' tiers..."):
-            changes = _run(run_evaluations(get_db("leaders")))
+            changes = _run(run_evaluations(_db("leaders")))
     except Exception as e:  # noqa: BLE001
         _fail(f"evaluation failed: {e}")
     for change in changes:
@@ -335,14 +344,12 @@ def evaluate_tiers() -> None:
 @app.command("release-commissions")
 def release_commissions() -> None:
     """Release commissions whose after-sales window has passed (pending -> available)."""
-    from services.settlement.service import release_due
-
-    from .db import get_db
+    from services.settlement.service import release_due  # on use
 
     _settings()
     try:
         with console.status("releasing matured commissions..."):
-            released = _run(release_due(get_db("settlement")))
+            released = _run(release_due(_db("settlement")))
     except Exception as e:  # noqa: BLE001
         _fail(f"release failed: {e}")
     console.print(f"{released} commission(s) released")
@@ -351,14 +358,12 @@ def release_commissions() -> None:
 @app.command()
 def reconcile() -> None:
     """Reconcile ledger payouts with the provider's transfers; exit 1 on any difference."""
-    from services.settlement.tasks import reconcile_and_warn
-
-    from .db import get_db
+    from services.settlement.tasks import reconcile_and_warn  # on use
 
     _settings()
     try:
         with console.status("reconciling with the payment provider..."):
-            report = _run(reconcile_and_warn(get_db("settlement")))
+            report = _run(reconcile_and_warn(_db("settlement")))
     except Exception as e:  # noqa: BLE001
         _fail(f"reconciliation failed: {e}")
     for diff in report["differences"]:
@@ -371,14 +376,12 @@ def reconcile() -> None:
 @app.command("check-ledger")
 def check_ledger() -> None:
     """Verify the whole settlement ledger: balanced, non-negative, balances = entries."""
-    from services.settlement.ledger import check_invariants
-
-    from .db import get_db
+    from services.settlement.ledger import check_invariants  # on use
 
     _settings()
 
     async def check() -> list[str]:
-        db = get_db("settlement")
+        db = _db("settlement")
         try:
             async with db.session() as s:
                 return await check_invariants(s)
@@ -396,15 +399,11 @@ def check_ledger() -> None:
 def _pg_tool(name: str) -> str:
     """PG_BIN_DIR if set; else the newest of PATH's and the embedded PostgreSQL wheel's
     binaries (pg_dump refuses a server newer than itself, and dumps older ones fine)."""
-    import re
-    import shutil
-    import subprocess
-
     if os.environ.get("PG_BIN_DIR"):
         return str(Path(os.environ["PG_BIN_DIR"]) / name)
     candidates = [shutil.which(name)]
     try:
-        import pgserver
+        import pgserver  # optional, and importing it warns when XDG_RUNTIME_DIR is unset
 
         candidates.append(str(Path(pgserver.__file__).parent / "pginstall" / "bin" / name))
     except ImportError:
@@ -428,9 +427,7 @@ def _pg_tool(name: str) -> str:
 def _run_pg_tool(argv: list[str], what: str, url: str) -> None:
     """Run pg_dump / pg_restore; the password goes by environment, never on the command
     line (where `ps` shows it) nor into our output."""
-    import subprocess
-
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import make_url  # on use
 
     parsed = make_url(url)
     env = dict(os.environ)
@@ -489,13 +486,10 @@ def drill(
     """The backup/restore drill: dump, restore into a NEW database, check the ledger's
     invariants there and compare row counts and balances with the source (exit 1 on any
     difference)."""
-    import tempfile
-    from datetime import UTC, datetime
+    from sqlalchemy.engine import make_url  # on use
 
-    from sqlalchemy.engine import make_url
-
-    from . import devstack
-    from . import drill as d
+    from . import devstack  # on use
+    from . import drill as d  # on use
 
     url = _libpq_url(database_url or _settings().database_url)
     source_name = make_url(url).database or "groupbuy"
@@ -559,7 +553,7 @@ def drill(
 
 
 def psycopg_connect(url: str):
-    import psycopg
+    import psycopg  # on use
 
     return psycopg.connect(url, connect_timeout=10)
 

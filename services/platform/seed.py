@@ -6,9 +6,11 @@ from datetime import timedelta
 
 from sqlalchemy import text
 
-from .clock import local_today
-from .db import get_db
-from .settings import get_settings
+from services.catalog import service as catalog
+from services.catalog.schemas import DealIn
+from services.common.clock import local_today
+from services.common.db import get_db
+from services.common.settings import get_settings
 
 DEMO_LEADERS = [
     # (dev name, tier, community, address, lat, lng)
@@ -45,9 +47,6 @@ DEMO_PRODUCTS = [
 
 
 async def seed_demo() -> dict:
-    from services.catalog import service as catalog
-    from services.catalog.schemas import DealIn
-
     st = get_settings()
     leaders_db, catalog_db = get_db("leaders"), get_db("catalog")
     async with leaders_db.transaction() as s:

@@ -25,6 +25,7 @@ from aiohttp import web
 from localstripe import resources, server
 from localstripe.errors import UserError
 from localstripe.resources import PaymentIntent, PaymentMethod, StripeObject, store
+from localstripe.webhooks import register_webhook
 
 DECLINED_CARDS = {
     "4000000000000002",
@@ -237,8 +238,6 @@ def main() -> None:
     args = parser.parse_args()
     app = build_app()
     if args.webhook_url and args.webhook_secret:
-        from localstripe.webhooks import register_webhook
-
         register_webhook("groupbuy", args.webhook_url, args.webhook_secret, None)
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
 

@@ -16,7 +16,7 @@ ways, chosen evenly:
 Every decision and every call is counted per route and kind. A control port serves
 `GET /_faults` (the counts) and `POST /_faults` with `{"rate": ...}` (0 heals the proxy).
 
-    python -m services.common.fakes.faultproxy --control-port 9000 --seed 7 --rate 0.3 \
+    python -m services.platform.fakes.faultproxy --control-port 9000 --seed 7 --rate 0.3 \
         --route orders=9001=http://127.0.0.1:8102 --route payments=9002=http://127.0.0.1:8420
 """
 
@@ -32,7 +32,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from ..http import HOP_BY_HOP
+from services.common.http import HOP_BY_HOP
 
 KINDS = ("reset", "bad_gateway", "lost_reset", "lost_502", "delay")
 LATE = "late"
