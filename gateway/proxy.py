@@ -124,7 +124,14 @@ class Proxy:
             )
         except (ValueError, aiohttp.InvalidURL) as e:
             raise NotFound("no such route") from e
-        # before ClientError: aiohttp's timeouts (connect and read) are both, and are a 504
+        # a connection never taken within PEER_CONNECT_TIMEOUT_S is a service that is down
+        # (a host gone, a port nobody serves behind a firewall that drops): 503, as a
+        # refused one is. aiohttp's connect timeout is also a TimeoutError, and was a 504.
+        except aiohttp.ConnectionTimeoutError as e:
+            log.warning("upstream_unavailable", service=service, path=path, error=repr(e)[:200])
+            headers = {"x-request-id": request_id, "retry-after": "1"}
+            raise PeerUnavailable(f"{service} is unavailable", headers=headers) from e
+        # before ClientError: aiohttp's read timeout is both, and is a 504
         except TimeoutError as e:
             log.warning("upstream_timeout", service=service, path=path)
             raise PeerTimeout(f"{service} did not answer in time") from e

@@ -3,6 +3,9 @@ to the client."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+
 import aiohttp
 import orjson
 import pytest
@@ -10,7 +13,7 @@ from starlette.requests import Request
 
 from gateway.proxy import Proxy, Upstreams, headers_to_client, headers_to_service
 from services.common.errors import DomainError
-from services.common.settings import get_settings
+from services.common.settings import get_settings, override_settings
 from tests.unit.asgi_request import asgi_request
 
 
@@ -104,8 +107,10 @@ async def test_a_body_at_the_cap_is_forwarded_and_one_byte_more_is_413():
 @pytest.mark.parametrize(
     ("failure", "status", "code"),
     [
-        # aiohttp's timeouts are ClientErrors too: they must still be a 504, not a 503
+        # aiohttp's timeouts are ClientErrors too: a slow answer must still be a 504
         (aiohttp.SocketTimeoutError("read"), 504, "service_timeout"),
+        # ...and a connection never taken is a service that is down: 503, not 504
+        (aiohttp.ConnectionTimeoutError("connect"), 503, "service_unavailable"),
         (aiohttp.ServerDisconnectedError(), 503, "service_unavailable"),
         (aiohttp.InvalidURL("http://x/\x00"), 404, "not_found"),
     ],
@@ -117,3 +122,37 @@ async def test_a_failing_service_is_told_as_a_problem(failure, status, code):
     assert (e.value.status, e.value.code) == (status, code)
     if status == 503:
         assert e.value.extra["headers"]["retry-after"] == "1"
+
+
+async def test_a_service_that_never_takes_the_connection_is_a_503_after_the_connect_timeout():
+    """What a host that is down looks like: the connection is never taken. A listener
+    that never accepts, its backlog full, makes the kernel drop further SYNs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        c = socket.socket()
+        c.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            c.connect(("127.0.0.1", port))
+        fillers.append(c)
+    before = get_settings()
+    override_settings(
+        before.model_copy(
+            update={"orders_url": f"http://127.0.0.1:{port}", "peer_connect_timeout_s": 0.3}
+        )
+    )
+    upstreams = Upstreams()
+    try:
+        with pytest.raises(DomainError) as e:
+            await Proxy(upstreams, max_body_bytes=10).forward(
+                _request("GET", "/api/v1/orders"), "orders", "orders", "rid", "ip"
+            )
+        assert (e.value.status, e.value.code) == (503, "service_unavailable"), e.value
+    finally:
+        override_settings(before)
+        await upstreams.aclose()
+        for c in [*fillers, listener]:
+            c.close()
