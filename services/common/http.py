@@ -155,6 +155,10 @@ class ServiceClient:
                 method, f"{self.base_url}{path}", json=json, params=params, headers=headers
             ) as resp:
                 status, content = resp.status, await resp.read()
+        # a connection never taken is a peer that is down (503), not a slow one (504):
+        # aiohttp's connect timeout is a TimeoutError too
+        except aiohttp.ConnectionTimeoutError as e:
+            raise PeerUnavailable(f"{self.service} is unavailable") from e
         except TimeoutError as e:
             raise PeerTimeout(f"{self.service} did not answer in time") from e
         except aiohttp.ClientError as e:
