@@ -38,7 +38,8 @@ async def test_two_leaders_one_day(gateway_url):
             },
         )
         deals.append(r.json())
-    assert (await ops.post(f"/catalog/days/{day}/publish")).status_code == 200
+    answer = await ops.post(f"/catalog/days/{day}/publish")
+    assert answer.status_code == 200, answer.text
     eggs, flop = deals[0], deals[1]
 
     east = await shopper(base, "leader-standard")

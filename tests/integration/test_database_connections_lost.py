@@ -41,7 +41,8 @@ async def test_a_service_serves_again_right_after_its_connections_are_dropped(
     api = await (shopper(gateway_url) if who == "shopper" else staff(gateway_url))
     try:
         for _ in range(3):  # warm the pool with more than one connection
-            assert (await api.get(path)).status_code == 200
+            answer = await api.get(path)
+            assert answer.status_code == 200, answer.text
         assert drop_connections_of(service, platform.supervisor.procs[service].pid) >= 1
 
         statuses = []

@@ -55,7 +55,8 @@ async def _day(ops, thresholds=(0, 0, 0), stock=50):
         )
         assert r.status_code == 201, r.text
         deals.append(r.json())
-    assert (await ops.post(f"/catalog/days/{day}/publish")).status_code == 200
+    answer = await ops.post(f"/catalog/days/{day}/publish")
+    assert answer.status_code == 200, answer.text
     return day, deals
 
 
@@ -73,7 +74,8 @@ async def _picked_up(world, api, order):
     assert r.status_code == 200, r.text
     r = await leader.get("/orders/delivery-lists", params={"pickup_date": order["pickup_date"]})
     dl = next(d for d in r.json() if order["id"] in d["orders"])
-    assert (await leader.post(f"/orders/delivery-lists/{dl['id']}/received")).status_code == 200
+    answer = await leader.post(f"/orders/delivery-lists/{dl['id']}/received")
+    assert answer.status_code == 200, answer.text
     code = (await api.get(f"/orders/{order['id']}")).json()["pickup_code"]
     r = await leader.post("/orders/pickups", json={"pickup_code": code})
     assert r.status_code == 200 and r.json()["status"] == "picked_up"
@@ -302,7 +304,8 @@ async def test_unpublished_day_and_stock_top_up(gateway_url, world):
     r = await hank.post("/orders", json={"items": [{"deal_id": deal["id"], "quantity": 1}]})
     assert r.status_code == 409 and problem_of(r)["code"] == "sale_day_not_open"
     assert (await hank.get(f"/catalog/days/{day}")).status_code == 404  # drafts are staff's
-    assert (await ops.get(f"/catalog/days/{day}")).status_code == 200
+    answer = await ops.get(f"/catalog/days/{day}")
+    assert answer.status_code == 200, answer.text
     r = await ops.post(f"/catalog/days/{day}/deals/{deal['id']}/stock", json={"add": 4})
     assert r.status_code == 200 and r.json()["stock"] == 5
 

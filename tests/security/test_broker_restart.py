@@ -288,7 +288,8 @@ async def test_an_event_whose_fan_out_meets_a_dead_broker_goes_back_to_the_outbo
     r = await api.post("/orders", json={"items": [{"deal_id": market["deal"], "quantity": 1}]})
     assert r.status_code == 201, r.text
     order = r.json()["id"]
-    assert (await api.post(f"/orders/{order}/cancel")).status_code == 200
+    answer = await api.post(f"/orders/{order}/cancel")
+    assert answer.status_code == 200, answer.text
 
     def the_event():
         with psycopg.connect(private.database_url) as conn:

@@ -25,7 +25,8 @@ async def test_another_shopper_can_neither_read_nor_change_an_order(world):
     alice, bob = world["alice"], world["bob"]
     order = world["orders"]["alice"]
     before = await _order_row(order["id"])
-    assert (await alice.get(f"/orders/{order['id']}")).status_code == 200
+    answer = await alice.get(f"/orders/{order['id']}")
+    assert answer.status_code == 200, answer.text
 
     r = await bob.get(f"/orders/{order['id']}")
     assert r.status_code in (403, 404) and problem_of(r)
@@ -73,8 +74,10 @@ async def test_tier_history_and_deposit_belong_to_their_leader(world):
     lid = world["leader"].user["leader_id"]
     other = world["other_leader"].user["leader_id"]
     for path in (f"/leaders/{lid}/tier-history", f"/leaders/{lid}/deposit/history"):
-        assert (await world["leader"].get(path)).status_code == 200
-        assert (await world["ops"].get(path)).status_code == 200
+        answer = await world["leader"].get(path)
+        assert answer.status_code == 200, answer.text
+        answer = await world["ops"].get(path)
+        assert answer.status_code == 200, answer.text
         for intruder in ("other_leader", "alice", "bob"):
             r = await world[intruder].get(path)
             assert r.status_code == 403, (intruder, path, r.text)

@@ -81,7 +81,8 @@ async def test_a_second_deal_for_the_same_product_and_day_is_409(world):
         "per_shopper_limit": 1,
         "group_threshold": 0,
     }
-    assert (await ops.post("/catalog/days/2031-02-03/deals", json=deal)).status_code == 201
+    answer = await ops.post("/catalog/days/2031-02-03/deals", json=deal)
+    assert answer.status_code == 201, answer.text
     r = await ops.post("/catalog/days/2031-02-03/deals", json=deal)
     assert r.status_code == 409 and problem_of(r)["code"] == "duplicate_deal", r.text
 

@@ -106,7 +106,8 @@ async def test_one_event_delivered_concurrently_is_applied_once(world, race_day)
         after = await _deal_state(ops, day, deal)
         assert after["remaining"] == before["remaining"], (before, after)
         # the shopper's own cancel publishes a second, different event for the same order
-        assert (await shopper.post(f"/orders/{order_id}/cancel")).status_code == 200
+        answer = await shopper.post(f"/orders/{order_id}/cancel")
+        assert answer.status_code == 200, answer.text
         await eventually(partial(_cancellation_handled, db, sub.name, order_id))
         assert (await _deal_state(ops, day, deal))["remaining"] == before["remaining"]
     print(f"double-event race: {ROUNDS} rounds x 6 concurrent deliveries, applied once each")
@@ -155,10 +156,12 @@ async def test_after_sales_decisions_race_to_one_outcome_and_one_refund(gateway_
         assert r.status_code == 200 and r.json()["status"] == "paid", r.text
         buyers.append(api)
         orders.append(r.json())
-    assert (await ops.post(f"/catalog/days/{day}/close")).status_code == 200
+    answer = await ops.post(f"/catalog/days/{day}/close")
+    assert answer.status_code == 200, answer.text
     r = await leader.get("/orders/delivery-lists", params={"pickup_date": orders[0]["pickup_date"]})
     dl = next(d for d in r.json() if orders[0]["id"] in d["orders"])
-    assert (await leader.post(f"/orders/delivery-lists/{dl['id']}/received")).status_code == 200
+    answer = await leader.post(f"/orders/delivery-lists/{dl['id']}/received")
+    assert answer.status_code == 200, answer.text
 
     outcomes = {"approved": 0, "rejected": 0}
     for api, order in zip(buyers, orders, strict=True):
