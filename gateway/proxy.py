@@ -55,7 +55,7 @@ class Upstreams:
         body: bytes | None = None,
         timeout: float | None = None,
     ) -> tuple[int, list[tuple[str, str]], bytes]:
-        extra = {"timeout": aiohttp.ClientTimeout(total=timeout)} if timeout else {}
+        extra: dict[str, Any] = {"timeout": aiohttp.ClientTimeout(total=timeout)} if timeout else {}
         async with self.sessions.get().request(
             method, url, headers=headers, data=body, allow_redirects=False, **extra
         ) as resp:

@@ -130,8 +130,9 @@ async def reserve(body: ReservationIn) -> ReservationOut:
     except service.AlreadyReserved:
         # a retry of an order already held (its first answer was lost): the same answer
         async with db.statement() as s:
-            held = await service.existing(s, body.order_id)
-        assert held is not None  # the key that refused the hold is a committed row
+            existing = await service.existing(s, body.order_id)
+        assert existing is not None  # the key that refused the hold is a committed row
+        held = existing
     return ReservationOut(**held)
 
 

@@ -54,12 +54,15 @@ class DealOut(BaseModel):
     outcome: str
 
 
+Day = date  # `date` is also a field's name in SaleDayOut
+
+
 class SaleDayOut(BaseModel):
-    date: date
+    date: Day
     status: str
     opens_at: datetime | None
     cutoff_at: datetime
-    pickup_date: date
+    pickup_date: Day
     deals: list[DealOut]
 
 

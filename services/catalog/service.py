@@ -9,7 +9,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlmodel import select
+from sqlmodel import col, select
 
 from services.common.clock import clock, local_datetime, parse_hhmm
 from services.common.errors import Conflict, InvalidInput, NotFound
@@ -68,9 +68,9 @@ async def create_product(s: AsyncSession, data: ProductIn) -> Product:
 
 
 async def list_products(s: AsyncSession, after_id: int | None, limit: int) -> list[Product]:
-    q = select(Product).order_by(Product.id.desc()).limit(limit + 1)
+    q = select(Product).order_by(col(Product.id).desc()).limit(limit + 1)
     if after_id:
-        q = q.where(Product.id < after_id)
+        q = q.where(col(Product.id) < after_id)
     return list((await s.execute(q)).scalars())
 
 
@@ -117,6 +117,7 @@ async def add_deal(s: AsyncSession, day: date, data: DealIn) -> tuple[Deal, Prod
     product = await s.get(Product, data.product_id)
     if product is None:
         raise NotFound(f"product {data.product_id} does not exist", code="product_not_found")
+    assert product.id is not None  # a stored row has its id
     deal = Deal(
         sale_date=day,
         product_id=product.id,
@@ -192,6 +193,7 @@ async def top_up_stock(s: AsyncSession, day: date, deal_id: int, add: int) -> De
             raise DealNotFound(f"deal {deal_id} is not on {day}")
         raise SaleDayReadOnly(f"sale day {day} is closed")
     deal = await s.get(Deal, deal_id)
+    assert deal is not None  # the UPDATE above found it
     await s.refresh(deal)
     return deal
 
@@ -200,9 +202,9 @@ async def deals_of(s: AsyncSession, day: date) -> list[tuple[Deal, Product]]:
     rows = (
         await s.execute(
             select(Deal, Product)
-            .join(Product, Product.id == Deal.product_id)
+            .join(Product, col(Product.id) == Deal.product_id)
             .where(Deal.sale_date == day)
-            .order_by(Deal.id)
+            .order_by(col(Deal.id))
         )
     ).all()
     return [(d, p) for d, p in rows]
@@ -214,7 +216,7 @@ async def open_sale_day(s: AsyncSession) -> SaleDay:
         await s.execute(
             select(SaleDay)
             .where(SaleDay.status == SaleDayStatus.published, SaleDay.cutoff_at > clock.now())
-            .order_by(SaleDay.sale_date)
+            .order_by(col(SaleDay.sale_date))
             .limit(1)
         )
     ).scalar_one_or_none()

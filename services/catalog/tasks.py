@@ -4,7 +4,7 @@ import structlog
 
 from services.common.celery_app import celery, run
 from services.common.db import get_db
-from services.common.events import subscribe
+from services.common.events import Envelope, subscribe
 from services.contracts.events import OrderCancelled
 
 from . import service
@@ -13,7 +13,7 @@ log = structlog.get_logger()
 
 
 @subscribe("catalog", "order.cancelled")
-async def return_stock_of_cancelled_order(s, payload: dict, env: dict) -> None:
+async def return_stock_of_cancelled_order(s, payload: dict, env: Envelope) -> None:
     await service.release_reservation(s, OrderCancelled.model_validate(payload).order_id)
 
 

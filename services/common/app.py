@@ -8,11 +8,13 @@ import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .db import get_db
 from .errors import install_error_handlers, problem
@@ -41,7 +43,7 @@ class RequestContextMiddleware:
         rid = rid or uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(request_id=rid)
 
-        async def send_with_id(message):
+        async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
@@ -71,7 +73,7 @@ class BodyLimitMiddleware:
                 )(scope, receive, send)
         seen = 0
 
-        async def limited() -> dict:
+        async def limited() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
@@ -95,13 +97,13 @@ class NulGuardMiddleware:
     """PostgreSQL text cannot hold NUL: a request carrying one in its path, query or body
     is refused here as a 422 rather than failing in the driver as a 500."""
 
-    BODY_MARKERS = (b"\x00", b"\\u0000")
+    BODY_MARKERS: tuple[bytes, ...] = (b"\x00", b"\\u0000")
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     @staticmethod
-    def _refuse():
+    def _refuse() -> JSONResponse:
         return problem(422, "invalid_input", "Invalid input", "text may not contain NUL characters")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -128,7 +130,7 @@ class NulGuardMiddleware:
             return await self._refuse()(scope, receive, send)
         replayed = False
 
-        async def replay() -> dict:
+        async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
@@ -145,7 +147,8 @@ async def broker_reachable(timeout: float = 1.0) -> bool:
 
     def check() -> bool:
         with celery.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=timeout)
+            # kombu takes seconds as a float here; its annotation says int
+            conn.ensure_connection(max_retries=1, timeout=timeout)  # type: ignore[arg-type]
         return True
 
     try:
@@ -157,7 +160,7 @@ async def broker_reachable(timeout: float = 1.0) -> bool:
 # FastAPI's own OpenTelemetry instrumentation (in newer releases) asks the global
 # providers on every request (2-3% of a service's CPU in bench scenario 1); we export
 # Prometheus metrics and structured logs ourselves, so it is off where it exists
-NO_TELEMETRY: dict = (
+NO_TELEMETRY: dict[str, Any] = (
     {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
     if "telemetry" in inspect.signature(FastAPI.__init__).parameters
     else {}
@@ -194,12 +197,13 @@ def create_service_app(
         app.include_router(r)
 
     @app.get("/healthz", tags=["health"], include_in_schema=False)
-    async def healthz() -> dict:
+    async def healthz() -> dict[str, Any]:
         return {"status": "ok", "service": service}
 
-    @app.get("/readyz", tags=["health"], include_in_schema=False)
-    async def readyz():
-        checks = {}
+    # response_model=None: as before the annotation, no response model is derived from it
+    @app.get("/readyz", tags=["health"], include_in_schema=False, response_model=None)
+    async def readyz() -> dict[str, Any] | Response:
+        checks: dict[str, str] = {}
         try:
             async with db.session() as s:
                 await s.execute(text("SELECT 1"))
@@ -212,7 +216,7 @@ def create_service_app(
         return problem(503, "not_ready", "Not ready", f"{service} is not ready", checks=checks)
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)
-    async def metrics():
+    async def metrics() -> Response:
         # never routed by the gateway: only the cluster's Prometheus reaches it
         await refresh_outbox_lag(db)
         if on_metrics:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -16,7 +17,7 @@ import jwt
 from fastapi import Depends, Request
 
 from .errors import Forbidden, Unauthorized
-from .settings import get_settings
+from .settings import Settings, get_settings
 
 ALGORITHM = "HS256"
 ROLES = ("shopper", "leader", "staff")
@@ -82,7 +83,7 @@ def verify_token(token: str) -> Principal:
     return principal
 
 
-def _verify(token: str, s) -> tuple[Principal, float]:
+def _verify(token: str, s: Settings) -> tuple[Principal, float]:
     try:
         claims = jwt.decode(
             token,
@@ -138,7 +139,7 @@ async def current_principal(request: Request) -> Principal:
     return principal
 
 
-def require_roles(*roles: str):
+def require_roles(*roles: str) -> Callable[[Principal], Awaitable[Principal]]:
     async def dependency(
         principal: Annotated[Principal, Depends(current_principal)],
     ) -> Principal:

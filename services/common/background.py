@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 log = structlog.get_logger()
-_running: set[asyncio.Task] = set()
+_running: set[asyncio.Task[None]] = set()
 
 
 def after_response(work: Callable[[], Awaitable[object]], what: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -64,17 +64,18 @@ def _survive_a_broker_lost_with_unacked_tasks() -> None:
     Such a call now raises the connection error it is, which kombu and Celery already
     handle (the tasks stay in the broker's unacked set and come back after
     BROKER_VISIBILITY_TIMEOUT_S)."""
-    original = kombu_redis.Channel._connparams
+    # a private method, patched on purpose: kombu's types do not declare it
+    original = kombu_redis.Channel._connparams  # type: ignore[attr-defined]
     if getattr(original, "survives_lost_broker", False):
         return
 
-    def _connparams(self, asynchronous=False):
+    def _connparams(self: kombu_redis.Channel, asynchronous: bool = False) -> Any:
         if self.connection is None or self.connection.client is None:
             raise RedisConnectionError("this channel's broker connection is closed")
         return original(self, asynchronous=asynchronous)
 
-    _connparams.survives_lost_broker = True
-    kombu_redis.Channel._connparams = _connparams
+    _connparams.survives_lost_broker = True  # type: ignore[attr-defined]  # a marker on the function
+    kombu_redis.Channel._connparams = _connparams  # type: ignore[attr-defined]  # as above
 
 
 _survive_a_broker_lost_with_unacked_tasks()
@@ -90,4 +91,9 @@ def broker_errors() -> tuple[type[BaseException], ...]:
 def broker_redis() -> Iterator[Any]:
     """The broker's Redis client, or None when the broker is not Redis."""
     with celery.connection_for_write() as conn:
-        yield conn.default_channel.client if conn.transport.driver_type == "redis" else None
+        # the driver check says it is the Redis transport's channel, which has `client`
+        yield (
+            cast(kombu_redis.Channel, conn.default_channel).client
+            if conn.transport.driver_type == "redis"
+            else None
+        )

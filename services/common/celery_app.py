@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import structlog
+from celery import Task
 from celery.exceptions import Reject
 from celery.signals import (
     beat_init,
@@ -36,6 +38,8 @@ from . import db
 from .broker import broker_errors, celery
 from .events import (
     SUBSCRIPTIONS,
+    Envelope,
+    Subscription,
     broker_restarted,
     consume,
     mark_broker,
@@ -59,8 +63,10 @@ _settings = get_settings()
 
 _loop: asyncio.AbstractEventLoop | None = None
 
+T = TypeVar("T")
 
-def run(coro) -> Any:
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine on this worker process's own long-lived event loop."""
     global _loop
     if _loop is None or _loop.is_closed():
@@ -79,6 +85,7 @@ def _fresh_loop_per_child(**_: Any) -> None:
 
 
 # --- request ids, logs and metrics of tasks ---------------------------------------------
+# Celery sends its signals' arguments as keywords it does not type: `Any` below says so.
 
 
 @celeryd_init.connect
@@ -116,27 +123,30 @@ def _child_metrics_gone(pid: int | None = None, **_: Any) -> None:
 
 
 @before_task_publish.connect
-def _carry_request_id(headers: dict | None = None, **_: Any) -> None:
+def _carry_request_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
     # a task published while handling a request (or another task) inherits its id
     rid = structlog.contextvars.get_contextvars().get("request_id")
     if rid and headers is not None and not headers.get("request_id"):
         headers["request_id"] = rid
 
 
-def _request_id_of(task, args) -> str | None:
-    rid = getattr(task.request, "request_id", None)
+def _request_id_of(task: Task[Any, Any], args: Sequence[Any] | None) -> str | None:
+    rid: str | None = getattr(task.request, "request_id", None)
     if not rid:
         rid = (getattr(task.request, "headers", None) or {}).get("request_id")
     if not rid:
         # an event relayed without headers still carries the id in its envelope
         for a in args or ():
             if isinstance(a, dict) and a.get("request_id"):
-                return a["request_id"]
+                found: str = a["request_id"]
+                return found
     return rid
 
 
 @task_prerun.connect
-def _bind_task_context(task_id=None, task=None, args=None, **_: Any) -> None:
+def _bind_task_context(
+    task_id: str | None = None, task: Any = None, args: Any = None, **_: Any
+) -> None:
     structlog.contextvars.clear_contextvars()
     ctx = {"process": "worker", "task": task.name, "task_id": task_id}
     rid = _request_id_of(task, args)
@@ -147,14 +157,14 @@ def _bind_task_context(task_id=None, task=None, args=None, **_: Any) -> None:
 
 
 @task_postrun.connect
-def _unbind_task_context(state=None, **_: Any) -> None:
+def _unbind_task_context(state: str | None = None, **_: Any) -> None:
     log.debug("task_finished", state=state)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(process="worker")
 
 
 @task_failure.connect
-def _count_failure(sender=None, exception=None, **_: Any) -> None:
+def _count_failure(sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
     from .metrics import TASK_FAILURES  # not at import: see _worker_metrics
 
     TASK_FAILURES.labels(task=sender.name).inc()
@@ -162,13 +172,13 @@ def _count_failure(sender=None, exception=None, **_: Any) -> None:
 
 
 @task_retry.connect
-def _count_retry(sender=None, **_: Any) -> None:
+def _count_retry(sender: Any = None, **_: Any) -> None:
     from .metrics import TASK_RETRIES  # not at import: see _worker_metrics
 
     TASK_RETRIES.labels(task=getattr(sender, "name", "unknown")).inc()
 
 
-def _give_back(env: dict[str, Any], error: Exception) -> None:
+def _give_back(env: Envelope, error: BaseException) -> None:
     """The broker went away while this event was on its way to a consumer: mark it
     unpublished in its producer's outbox, so the sweep sends it again once the broker is
     back. Nothing else is trusted with it: the failed task's message may be acknowledged
@@ -184,7 +194,7 @@ def _give_back(env: dict[str, Any], error: Exception) -> None:
         run(unpublish(db.get_db(env["producer"]), env["id"]))
 
 
-def _log_consume_failed(sub, env: dict[str, Any], exc: Exception) -> None:
+def _log_consume_failed(sub: Subscription, env: Envelope, exc: Exception) -> None:
     log.warning(
         "event_consume_failed",
         consumer=sub.name,
@@ -195,7 +205,7 @@ def _log_consume_failed(sub, env: dict[str, Any], exc: Exception) -> None:
 
 
 @celery.task(name="events.dispatch")
-def dispatch(events: dict[str, Any] | list[dict[str, Any]]) -> int:
+def dispatch(events: Envelope | list[Envelope]) -> int:
     """Hand each event (one, or a relay's batch of them) to its subscribers.
 
     An event with a single subscriber (`order.paid`, `order.completed`, ...) is
@@ -215,7 +225,7 @@ def dispatch(events: dict[str, Any] | list[dict[str, Any]]) -> int:
     return handed
 
 
-def _dispatch_one(env: dict[str, Any]) -> int:
+def _dispatch_one(env: Envelope) -> int:
     """How many subscribers the event went to (0: handed back to its outbox)."""
     subs = subscribers_of(env["topic"])
     try:
@@ -225,10 +235,11 @@ def _dispatch_one(env: dict[str, Any]) -> int:
                 run(consume(db.get_db(sub.service), sub, env))
             except Exception as exc:
                 _log_consume_failed(sub, env, exc)
-                consume_event.apply_async(args=[sub.name, env], countdown=1)
+                # Celery takes any sequence as args; its stubs say tuple (also below)
+                consume_event.apply_async(args=[sub.name, env], countdown=1)  # type: ignore[arg-type]
             return 1
         for sub in subs:
-            consume_event.apply_async(args=[sub.name, env])
+            consume_event.apply_async(args=[sub.name, env])  # type: ignore[arg-type]
         return len(subs)
     except broker_errors() as exc:
         _give_back(env, exc)
@@ -236,7 +247,7 @@ def _dispatch_one(env: dict[str, Any]) -> int:
 
 
 @celery.task(name="events.consume", bind=True, max_retries=_settings.event_max_retries)
-def consume_event(self, subscription_name: str, env: dict[str, Any]) -> bool:
+def consume_event(self: Task[Any, Any], subscription_name: str, env: Envelope) -> bool:
     sub = SUBSCRIPTIONS[subscription_name]
     try:
         return run(consume(db.get_db(sub.service), sub, env))

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy import Column, DateTime, Integer, LargeBinary, String, Table, func, text
@@ -21,6 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .auth import verify_token
 from .clock import clock
 from .errors import DomainError, database_unavailable, problem
+
+if TYPE_CHECKING:
+    from .db import Database
 
 # A request holding a key refreshes its claim every CLAIM_HEARTBEAT; a claim left alone
 # longer than IN_PROGRESS_GRACE belonged to a process that died (SIGKILL, OOM, a lost
@@ -49,7 +53,7 @@ def idempotency_table(schema: str) -> Table:
 
 
 class IdempotencyMiddleware:
-    def __init__(self, app: ASGIApp, db) -> None:
+    def __init__(self, app: ASGIApp, db: Database) -> None:
         self.app = app
         self.db = db
 
@@ -130,7 +134,7 @@ class IdempotencyMiddleware:
                 # so a retry is told the request is in progress until the grace passes
                 log.warning("idempotency_not_recorded", path=scope["path"], error=str(e)[:300])
 
-    async def _claim(self, scoped: str, digest: str):
+    async def _claim(self, scoped: str, digest: str) -> Response | None:
         schema = self.db.schema
         async with self.db.transaction() as s:
             claimed = (

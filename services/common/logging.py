@@ -6,6 +6,7 @@ import logging
 import sys
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 from .settings import get_settings
 
@@ -23,7 +24,7 @@ _REDACT = {
 }
 
 
-def _redact(_, __, event_dict):
+def _redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     for key in list(event_dict):
         if key.lower() in _REDACT:
             event_dict[key] = "[redacted]"
@@ -33,7 +34,7 @@ def _redact(_, __, event_dict):
 def configure_logging(process: str) -> None:
     s = get_settings()
     level = getattr(logging, s.log_level.upper(), logging.INFO)
-    processors = [
+    processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -34,6 +35,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .clock import clock
+
+if TYPE_CHECKING:
+    from .db import Database
 
 log = structlog.get_logger()
 
@@ -130,7 +134,7 @@ def metrics_response(registry: CollectorRegistry | None = None) -> Response:
     return Response(data, media_type=CONTENT_TYPE_LATEST)
 
 
-async def refresh_outbox_lag(db) -> None:
+async def refresh_outbox_lag(db: Database) -> None:
     """Measured at scrape time: one indexed query, only as often as Prometheus asks."""
     try:
         async with db.session() as s:
@@ -155,10 +159,11 @@ def start_worker_metrics_server(port: int) -> None:
         log.warning("worker_metrics_disabled", reason="PROMETHEUS_MULTIPROC_DIR is not set")
         return
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=path)
+    # prometheus_client leaves the multiprocess helpers unannotated
+    MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     start_http_server(port, registry=registry)
 
 
 def mark_worker_child_dead(pid: int) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # as above

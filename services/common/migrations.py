@@ -5,12 +5,18 @@ migrations live, and applying them all, is the composition package's
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 from alembic import context
-from sqlalchemy import create_engine, pool, text
+from sqlalchemy import Table, create_engine, pool, text
+from sqlalchemy.schema import SchemaItem
 from sqlmodel import SQLModel
 
 from .db import driver_url
 from .settings import get_settings
+
+if TYPE_CHECKING:
+    from alembic.runtime.environment import NameFilterParentNames, NameFilterType
 
 _LOCK_ID = 7_240_001
 
@@ -20,14 +26,23 @@ def run_migrations_online(schema: str) -> None:
     url = context.config.attributes.get("database_url") or get_settings().database_url_for(schema)
     engine = create_engine(driver_url(url, "psycopg"), poolclass=pool.NullPool)
 
-    def include_name(name, type_, parent_names):
+    def include_name(
+        name: str | None, type_: NameFilterType, parent_names: NameFilterParentNames
+    ) -> bool:
         if type_ == "schema":
             return name == schema
         return True
 
-    def include_object(obj, name, type_, reflected, compare_to):
+    def include_object(
+        obj: SchemaItem,
+        name: str | None,
+        type_: NameFilterType,
+        reflected: bool,
+        compare_to: SchemaItem | None,
+    ) -> bool:
         if type_ == "table":
-            return obj.schema == schema
+            # alembic types the object loosely; for type_ "table" it is a Table
+            return cast(Table, obj).schema == schema
         return True
 
     with engine.connect() as conn:

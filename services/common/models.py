@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Column, DateTime
 from sqlmodel import Field
@@ -16,7 +17,7 @@ def utcnow() -> datetime:
     return clock.now()
 
 
-def ts_field(nullable: bool = False, index: bool = False, default_now: bool = False):
+def ts_field(nullable: bool = False, index: bool = False, default_now: bool = False) -> Any:
     """A timezone-aware timestamp column (stored in UTC)."""
     kwargs = {"default_factory": utcnow} if default_now else {"default": None}
     return Field(

@@ -6,7 +6,8 @@ The cursor is the last id seen (opaque to clients); lists are newest first.
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Generic, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query
 from pydantic import BaseModel
@@ -15,6 +16,7 @@ from .bounds import DB_INT_MAX
 from .errors import InvalidInput
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Page(BaseModel, Generic[T]):
@@ -55,7 +57,9 @@ async def page_params(
 PageDep = Annotated[PageParams, Depends(page_params)]
 
 
-def make_page(rows: list, params: PageParams, id_of=lambda r: r.id) -> tuple[list, str | None]:
+def make_page(
+    rows: list[R], params: PageParams, id_of: Callable[[Any], int] = lambda r: r.id
+) -> tuple[list[R], str | None]:
     """Callers fetch limit+1 rows; the extra one only says there is a next page."""
     has_more = len(rows) > params.limit
     rows = rows[: params.limit]

@@ -199,7 +199,8 @@ class PaymentProvider:
         body = await self._call(
             "POST", "/v1/payment_methods", {"type": "card", "card": card}, idempotency_key
         )
-        return body["id"]
+        method_id: str = body["id"]
+        return method_id
 
     async def retrieve_intent(self, intent_id: str) -> Intent:
         return _intent(await self._call("GET", f"/v1/payment_intents/{intent_id}"))
@@ -234,7 +235,8 @@ class PaymentProvider:
             {"type": "custom", "country": "CN", "metadata": metadata},
             idempotency_key,
         )
-        return body["id"]
+        account_id: str = body["id"]
+        return account_id
 
     async def transfer(
         self,

@@ -169,13 +169,16 @@ class Settings(BaseSettings):
         return self
 
     def database_url_for(self, service: str) -> str:
-        return getattr(self, f"{service}_database_url", None) or self.database_url
+        url: str | None = getattr(self, f"{service}_database_url", None)
+        return url or self.database_url
 
     def service_url(self, service: str) -> str:
-        return getattr(self, f"{service}_url")
+        url: str = getattr(self, f"{service}_url")
+        return url
 
     def rate_for_tier(self, tier: str) -> Decimal:
-        return getattr(self, f"rate_{tier}")
+        rate: Decimal = getattr(self, f"rate_{tier}")
+        return rate
 
 
 class _Holder:

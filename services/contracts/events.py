@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -115,8 +115,8 @@ class RefundedLine(_Part):
     amount_fen: Fen
 
     @model_serializer(mode="wrap")
-    def _absent_quantity_left_out(self, handler: SerializerFunctionWrapHandler) -> dict:
-        out = handler(self)
+    def _absent_quantity_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
         if self.quantity is None:
             out.pop("quantity", None)
         return out

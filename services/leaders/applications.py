@@ -7,7 +7,7 @@ import secrets
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import select
+from sqlmodel import col, select
 
 from services.common.clock import clock
 from services.common.errors import Conflict, InvalidInput, NotFound
@@ -65,7 +65,7 @@ async def latest_of_user(s: AsyncSession, user_id: int) -> LeaderApplication | N
     q = (
         select(LeaderApplication)
         .where(LeaderApplication.user_id == user_id)
-        .order_by(LeaderApplication.id.desc())
+        .order_by(col(LeaderApplication.id).desc())
         .limit(1)
     )
     return (await s.execute(q)).scalar_one_or_none()
@@ -74,11 +74,11 @@ async def latest_of_user(s: AsyncSession, user_id: int) -> LeaderApplication | N
 async def list_applications(
     s: AsyncSession, status: str | None, after_id: int | None, limit: int
 ) -> list[LeaderApplication]:
-    q = select(LeaderApplication).order_by(LeaderApplication.id.desc()).limit(limit + 1)
+    q = select(LeaderApplication).order_by(col(LeaderApplication.id).desc()).limit(limit + 1)
     if status:
         q = q.where(LeaderApplication.status == status)
     if after_id:
-        q = q.where(LeaderApplication.id < after_id)
+        q = q.where(col(LeaderApplication.id) < after_id)
     return list((await s.execute(q)).scalars())
 
 

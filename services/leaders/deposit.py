@@ -10,7 +10,7 @@ from __future__ import annotations
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import select
+from sqlmodel import col, select
 
 from services.common.clock import clock
 from services.common.errors import Conflict
@@ -210,9 +210,9 @@ async def history(s: AsyncSession, leader_id: int, after_id: int | None, limit: 
     q = (
         select(DepositEntry)
         .where(DepositEntry.leader_id == leader_id)
-        .order_by(DepositEntry.id.desc())
+        .order_by(col(DepositEntry.id).desc())
         .limit(limit + 1)
     )
     if after_id:
-        q = q.where(DepositEntry.id < after_id)
+        q = q.where(col(DepositEntry.id) < after_id)
     return list((await s.execute(q)).scalars())

@@ -142,6 +142,7 @@ async def metrics_for(
 
 
 async def metrics_of(s: AsyncSession, leader: Leader, now: datetime) -> tiers.Metrics:
+    assert leader.id is not None  # a stored row has its id
     return (await metrics_for(s, [leader], now))[leader.id]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.common.events import occurred_at
+from services.common.events import Envelope, occurred_at
 from services.contracts.events import (
     OrderCancelled,
     OrderCompleted,
@@ -53,7 +53,7 @@ async def upsert(s: AsyncSession, order_id: int, **fields: Any) -> None:
     await s.execute(text(UPSERT), params)
 
 
-async def on_paid(s: AsyncSession, e: OrderPaid, env: dict) -> None:
+async def on_paid(s: AsyncSession, e: OrderPaid, env: Envelope) -> None:
     await upsert(
         s,
         e.order_id,
@@ -65,7 +65,7 @@ async def on_paid(s: AsyncSession, e: OrderPaid, env: dict) -> None:
     )
 
 
-async def on_picked_up(s: AsyncSession, e: OrderPickedUp, env: dict) -> None:
+async def on_picked_up(s: AsyncSession, e: OrderPickedUp, env: Envelope) -> None:
     await upsert(
         s,
         e.order_id,
@@ -78,7 +78,7 @@ async def on_picked_up(s: AsyncSession, e: OrderPickedUp, env: dict) -> None:
     )
 
 
-async def on_completed(s: AsyncSession, e: OrderCompleted, env: dict) -> None:
+async def on_completed(s: AsyncSession, e: OrderCompleted, env: Envelope) -> None:
     await upsert(
         s,
         e.order_id,
@@ -90,11 +90,11 @@ async def on_completed(s: AsyncSession, e: OrderCompleted, env: dict) -> None:
     )
 
 
-async def on_cancelled(s: AsyncSession, e: OrderCancelled, env: dict) -> None:
+async def on_cancelled(s: AsyncSession, e: OrderCancelled, env: Envelope) -> None:
     await upsert(s, e.order_id, cancelled_at=occurred_at(env))
 
 
-async def on_refunded(s: AsyncSession, e: OrderRefunded, env: dict) -> None:
+async def on_refunded(s: AsyncSession, e: OrderRefunded, env: Envelope) -> None:
     await upsert(s, e.order_id, leader=e.leader_id)
     await s.execute(
         text(

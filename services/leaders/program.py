@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
+from typing import Any, cast
 
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -106,7 +107,7 @@ async def resolve_complaint(
 
 async def list_complaints(
     s: AsyncSession, *, leader_id: int | None, status_: str | None, after_id: int | None, limit: int
-) -> list:
+) -> list[Row[Any]]:
     q = "SELECT * FROM leaders.complaints WHERE true"
     params: dict = {"n": limit + 1}
     if leader_id is not None:
@@ -118,7 +119,10 @@ async def list_complaints(
     if after_id:
         q += " AND id < :a"
         params["a"] = after_id
-    return (await s.execute(text(q + " ORDER BY id DESC LIMIT :n"), params)).all()
+    # Result.all() returns a list; SQLAlchemy annotates it as a Sequence (also below)
+    return cast(
+        list[Row[Any]], (await s.execute(text(q + " ORDER BY id DESC LIMIT :n"), params)).all()
+    )
 
 
 # --- training ------------------------------------------------------------------------------
@@ -169,13 +173,16 @@ async def record_attendance(
     return added
 
 
-async def list_sessions(s: AsyncSession, after_id: int | None, limit: int) -> list:
+async def list_sessions(s: AsyncSession, after_id: int | None, limit: int) -> list[Row[Any]]:
     q = "SELECT * FROM leaders.training_sessions"
     params: dict = {"n": limit + 1}
     if after_id:
         q += " WHERE id < :a"
         params["a"] = after_id
-    return (await s.execute(text(q + " ORDER BY id DESC LIMIT :n"), params)).all()
+    # Result.all() returns a list; SQLAlchemy annotates it as a Sequence (also below)
+    return cast(
+        list[Row[Any]], (await s.execute(text(q + " ORDER BY id DESC LIMIT :n"), params)).all()
+    )
 
 
 # --- handover and growth -------------------------------------------------------------------

@@ -10,6 +10,8 @@ it. Orders keeps the highest version of each row, so the two may arrive in any o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import structlog
 from sqlalchemy import text
 
@@ -28,7 +30,7 @@ def terms(leader_id: int, status: str, tier: str, version: int) -> dict:
     return {"leader_id": leader_id, "status": status, "tier": tier, "version": version}
 
 
-async def push(db, *, shoppers: list[int] = (), leaders: list[int] = ()) -> None:
+async def push(db, *, shoppers: Sequence[int] = (), leaders: Sequence[int] = ()) -> None:
     """After the commit: orders' copy of these shoppers' bindings and leaders' terms, as
     stored now. Best effort, never failing the request whose change is committed: what
     fails here the events carry a moment later."""
@@ -38,7 +40,7 @@ async def push(db, *, shoppers: list[int] = (), leaders: list[int] = ()) -> None
         log.warning("projection_push_deferred", error=repr(e))
 
 
-async def _push(db, shoppers: list[int], leaders: list[int]) -> None:
+async def _push(db, shoppers: Sequence[int], leaders: Sequence[int]) -> None:
     async with db.read() as s:
         bindings = [
             binding(*r)

@@ -9,7 +9,7 @@ from decimal import Decimal
 import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import select
+from sqlmodel import col, select
 
 from services.common.auth import issue_token
 from services.common.clock import clock
@@ -58,6 +58,7 @@ async def leader_of_user(s: AsyncSession, user_id: int) -> Leader | None:
 
 async def token_for(s: AsyncSession, user: User) -> tuple[str, list[str], int | None]:
     roles = list(user.roles)
+    assert user.id is not None  # a stored row has its id
     leader = await leader_of_user(s, user.id)
     leader_id = None
     if leader and leader.status != LeaderStatus.terminated:
@@ -175,13 +176,13 @@ async def shopper_leader(s: AsyncSession, user_id: int) -> dict:
 async def list_leaders(
     s: AsyncSession, *, tier: str | None, status: str | None, after_id: int | None, limit: int
 ) -> list[Leader]:
-    q = select(Leader).order_by(Leader.id.desc()).limit(limit + 1)
+    q = select(Leader).order_by(col(Leader.id).desc()).limit(limit + 1)
     if tier:
         q = q.where(Leader.tier == tier)
     if status:
         q = q.where(Leader.status == status)
     if after_id:
-        q = q.where(Leader.id < after_id)
+        q = q.where(col(Leader.id) < after_id)
     return list((await s.execute(q)).scalars())
 
 

@@ -168,6 +168,7 @@ def decide(
         return Decision(tier, None, None, suspend, own)
     # advanced and core must keep meeting the bar that brought them here
     held_bar = previous_tier(tier)
+    assert held_bar is not None  # advanced and core have a tier below them
     checks = bar_checks(held_bar, metrics, st)
     if all(c.met for c in checks):
         return Decision(tier, None, None, suspend, checks)

@@ -3,6 +3,7 @@
 import csv
 import io
 from datetime import date
+from typing import cast
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -108,8 +109,11 @@ async def list_orders(
             s, who, status=status, pickup_date=pickup_date, after_id=page.after_id, limit=page.limit
         )
         rows, cursor = make_page(rows, page)
-        lines = await service.lines_of(s, [o.id for o in rows])
-    return Page(items=[_order_out(o, lines[o.id], who) for o in rows], next_cursor=cursor)
+        # cast: stored rows have their ids (the model says int | None for a new one)
+        lines = await service.lines_of(s, [cast(int, o.id) for o in rows])
+    return Page(
+        items=[_order_out(o, lines[cast(int, o.id)], who) for o in rows], next_cursor=cursor
+    )
 
 
 @router.get("/delivery-lists", response_model=list[DeliveryListOut])

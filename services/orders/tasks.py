@@ -2,7 +2,7 @@
 
 from services.common.celery_app import celery, run
 from services.common.db import get_db
-from services.common.events import subscribe
+from services.common.events import Envelope, subscribe
 from services.contracts.events import LeaderStatusChanged, LeaderTierChanged, ShopperBound
 
 from . import service
@@ -12,7 +12,7 @@ from . import service
 
 
 @subscribe("orders", "shopper.bound")
-async def shopper_bound(s, payload: dict, env: dict) -> None:
+async def shopper_bound(s, payload: dict, env: Envelope) -> None:
     if "version" in payload:
         e = ShopperBound.model_validate(payload)
         await service.apply_leader_copy(
@@ -25,7 +25,7 @@ def _terms(e: LeaderStatusChanged | LeaderTierChanged) -> dict:
 
 
 @subscribe("orders", "leader.status_changed")
-async def leader_status_changed(s, payload: dict, env: dict) -> None:
+async def leader_status_changed(s, payload: dict, env: Envelope) -> None:
     if "version" in payload:
         await service.apply_leader_copy(
             s, [], [_terms(LeaderStatusChanged.model_validate(payload))]
@@ -33,7 +33,7 @@ async def leader_status_changed(s, payload: dict, env: dict) -> None:
 
 
 @subscribe("orders", "leader.tier_changed")
-async def leader_tier_changed(s, payload: dict, env: dict) -> None:
+async def leader_tier_changed(s, payload: dict, env: Envelope) -> None:
     if "version" in payload:
         await service.apply_leader_copy(s, [], [_terms(LeaderTierChanged.model_validate(payload))])
 

@@ -270,7 +270,9 @@ def healthcheck() -> None:
 
 
 @app.command()
-def migrate(downgrade_to: str = typer.Option(None, help="downgrade every service to this")) -> None:
+def migrate(
+    downgrade_to: str | None = typer.Option(None, help="downgrade every service to this"),
+) -> None:
     """Apply every service's migrations (or downgrade them)."""
     from alembic import command  # on use
 

@@ -142,10 +142,13 @@ def postgres_headroom(url: str) -> int:
     import psycopg
 
     with psycopg.connect(url, connect_timeout=2) as conn:
-        return conn.execute(
+        row = conn.execute(
             "SELECT current_setting('max_connections')::int - count(*) FROM pg_stat_activity "
             "WHERE backend_type = 'client backend'"
-        ).fetchone()[0]
+        ).fetchone()
+        assert row is not None  # an aggregate always answers one row
+        headroom: int = row[0]
+        return headroom
 
 
 def local_redis_url() -> str | None:
@@ -238,7 +241,7 @@ def _terminate(proc: subprocess.Popen, timeout: float) -> None:
 
 def wait_http(url: str, timeout: float = 60.0, alive: Callable[[], bool] | None = None) -> None:
     deadline = time.monotonic() + timeout
-    last = None
+    last: int | httpx.HTTPError | None = None
     while time.monotonic() < deadline:
         if alive is not None and not alive():
             raise RuntimeError(f"process behind {url} exited during start-up")

@@ -40,8 +40,9 @@ def export_snapshot(url: str) -> tuple[psycopg.Connection, str]:
     conn = psycopg.connect(url, connect_timeout=10)
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
-    snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
-    return conn, snapshot
+    row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+    assert row is not None  # the function always answers one row
+    return conn, row[0]
 
 
 def read_figures(conn: psycopg.Connection) -> Figures:
@@ -53,11 +54,13 @@ def read_figures(conn: psycopg.Connection) -> Figures:
     ).fetchall()
     figures = Figures()
     for schema, table in tables:
-        figures.counts[f"{schema}.{table}"] = conn.execute(
+        count = conn.execute(
             sql.SQL("SELECT count(*) FROM {}.{}").format(
                 sql.Identifier(schema), sql.Identifier(table)
             )
-        ).fetchone()[0]
+        ).fetchone()
+        assert count is not None  # count(*) always answers one row
+        figures.counts[f"{schema}.{table}"] = count[0]
     if "settlement.accounts" in figures.counts:
         figures.balances = dict(
             conn.execute("SELECT code, balance_fen FROM settlement.accounts").fetchall()

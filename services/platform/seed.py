@@ -84,7 +84,9 @@ async def seed_demo() -> dict:
             )
         sale_day = await catalog.ensure_sale_day(s, day)
         if sale_day.status == "draft":
-            ids = dict((await s.execute(text("SELECT sku, id FROM catalog.products"))).all())
+            ids: dict[str, int] = dict(
+                (await s.execute(text("SELECT sku, id FROM catalog.products"))).all()
+            )
             have = set(
                 (
                     await s.execute(

@@ -4,7 +4,7 @@ import structlog
 
 from services.common.celery_app import celery, run
 from services.common.db import get_db
-from services.common.events import subscribe
+from services.common.events import Envelope, subscribe
 from services.contracts.events import OrderPickedUp, OrderRefunded
 
 from . import service
@@ -13,12 +13,12 @@ log = structlog.get_logger()
 
 
 @subscribe("settlement", "order.picked_up")
-async def record_commission_on_pickup(s, payload: dict, env: dict) -> None:
+async def record_commission_on_pickup(s, payload: dict, env: Envelope) -> None:
     await service.record_commissions(s, OrderPickedUp.model_validate(payload))
 
 
 @subscribe("settlement", "order.refunded")
-async def claw_back_on_refund(s, payload: dict, env: dict) -> None:
+async def claw_back_on_refund(s, payload: dict, env: Envelope) -> None:
     # refunds of lines that were never commissioned only leave their inbox row
     await service.apply_refund(s, OrderRefunded.model_validate(payload))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import select
+from sqlmodel import col, select
 
 from services.common.auth import Principal
 from services.common.clock import clock
@@ -95,6 +95,7 @@ async def request_after_sales(
         )
         s.add(request)
         await s.flush()
+        assert request.id is not None  # the flush gave it its id
         return request.id
 
 
@@ -179,7 +180,7 @@ async def decide_after_sales(
 async def list_after_sales(
     s: AsyncSession, who: Principal, status: str | None, after_id: int | None, limit: int
 ) -> list[AfterSalesRequest]:
-    q = select(AfterSalesRequest).order_by(AfterSalesRequest.id.desc()).limit(limit + 1)
+    q = select(AfterSalesRequest).order_by(col(AfterSalesRequest.id).desc()).limit(limit + 1)
     if not who.is_staff:
         if who.leader_id is not None:
             q = q.where(AfterSalesRequest.leader_id == who.leader_id)
@@ -188,7 +189,7 @@ async def list_after_sales(
     if status:
         q = q.where(AfterSalesRequest.status == status)
     if after_id:
-        q = q.where(AfterSalesRequest.id < after_id)
+        q = q.where(col(AfterSalesRequest.id) < after_id)
     return list((await s.execute(q)).scalars())
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import select
+from sqlmodel import col, select
 
 from services.common.auth import Principal
 from services.common.clock import clock
@@ -118,7 +118,9 @@ async def lines_of(s: AsyncSession, order_ids: list[int]) -> dict[int, list[Orde
         return out
     rows = (
         await s.execute(
-            select(OrderLine).where(OrderLine.order_id.in_(order_ids)).order_by(OrderLine.id)
+            select(OrderLine)
+            .where(col(OrderLine.order_id).in_(order_ids))
+            .order_by(col(OrderLine.id))
         )
     ).scalars()
     for line in rows:
@@ -142,7 +144,7 @@ async def list_orders(
     after_id: int | None,
     limit: int,
 ) -> list[GroupOrder]:
-    q = select(GroupOrder).order_by(GroupOrder.id.desc()).limit(limit + 1)
+    q = select(GroupOrder).order_by(col(GroupOrder.id).desc()).limit(limit + 1)
     if not who.is_staff:
         if who.has("leader") and who.leader_id is not None:
             q = q.where(GroupOrder.leader_id == who.leader_id)
@@ -153,5 +155,5 @@ async def list_orders(
     if pickup_date:
         q = q.where(GroupOrder.pickup_date == pickup_date)
     if after_id:
-        q = q.where(GroupOrder.id < after_id)
+        q = q.where(col(GroupOrder.id) < after_id)
     return list((await s.execute(q)).scalars())

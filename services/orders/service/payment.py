@@ -5,6 +5,7 @@ from `/pay` or the provider's webhook, whichever is first.
 from __future__ import annotations
 
 import secrets
+from typing import cast
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -72,7 +73,10 @@ async def pay_order(
         )
     try:
         intent = await provider.confirm_intent(
-            intent_id, payment_method, idempotency_key=f"order:{order_id}:confirm:{attempt}"
+            intent_id,
+            # PayIn's validator: no card means a payment_method
+            cast(str, payment_method),
+            idempotency_key=f"order:{order_id}:confirm:{attempt}",
         )
     except ProviderRejected:
         intent = await provider.retrieve_intent(intent_id)  # e.g. already confirmed by a twin

@@ -178,6 +178,7 @@ async def redeem_pickup(db, code: str, who: Principal) -> int:
                 f"this order is {order.status}, not ready for pickup", code="not_ready_for_pickup"
             )
         order = await load_order(s, moved[0].id)
+        assert order.id is not None  # a stored row has its id
         lines = [ln for ln in (await lines_of(s, [order.id]))[order.id] if ln.status == "active"]
         await emit_event(
             s,

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import select
+from sqlmodel import col, select
 
 from services.common.clock import clock
 from services.common.money import commission_for
@@ -291,11 +291,11 @@ async def commissions_of(
     q = (
         select(Commission)
         .where(Commission.leader_id == leader_id)
-        .order_by(Commission.id.desc())
+        .order_by(col(Commission.id).desc())
         .limit(limit + 1)
     )
     if after_id:
-        q = q.where(Commission.id < after_id)
+        q = q.where(col(Commission.id) < after_id)
     return list((await s.execute(q)).scalars())
 
 

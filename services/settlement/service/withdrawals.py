@@ -9,15 +9,13 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import select
+from sqlmodel import col, select
 
 from services.common.clock import clock
-from services.common.errors import Conflict, InvalidInput, NotFound
+from services.common.errors import Conflict, InvalidInput, NotFound, PeerTimeout, PeerUnavailable
 from services.common.money import format_yuan
 from services.common.payments import (
     PaymentProvider,
-    PeerTimeout,
-    PeerUnavailable,
     ProviderRejected,
     Transfer,
     get_provider,
@@ -64,7 +62,7 @@ async def count_overdue_withdrawals(db) -> int:
     async with db.session() as s:
         waiting = (
             await s.execute(
-                select(Withdrawal).where(Withdrawal.status.in_(["requested", "approved"]))
+                select(Withdrawal).where(col(Withdrawal.status).in_(["requested", "approved"]))
             )
         ).scalars()
         return sum(1 for w in waiting if is_overdue(w, now))
@@ -100,13 +98,13 @@ async def request_withdrawal(db, leader_id: int, amount_fen: int) -> Withdrawal:
 async def list_withdrawals(
     s: AsyncSession, leader_id: int | None, status: str | None, after_id: int | None, limit: int
 ) -> list[Withdrawal]:
-    q = select(Withdrawal).order_by(Withdrawal.id.desc()).limit(limit + 1)
+    q = select(Withdrawal).order_by(col(Withdrawal.id).desc()).limit(limit + 1)
     if leader_id is not None:
         q = q.where(Withdrawal.leader_id == leader_id)
     if status:
         q = q.where(Withdrawal.status == status)
     if after_id:
-        q = q.where(Withdrawal.id < after_id)
+        q = q.where(col(Withdrawal.id) < after_id)
     return list((await s.execute(q)).scalars())
 
 

@@ -11,7 +11,7 @@ Revises: orders_0002
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 revision: str = "orders_0003"
