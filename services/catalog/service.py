@@ -15,6 +15,7 @@ from services.common.clock import clock, local_datetime, parse_hhmm
 from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.http import ServiceClient
 from services.common.settings import get_settings
+from services.contracts.deals import group_outcome
 
 from .models import Deal, DealOutcome, Product, SaleDay, SaleDayStatus
 from .schemas import DealIn, ProductIn, ReservationItemIn
@@ -418,13 +419,8 @@ async def close_sale_day(db, day: date) -> dict:
         for deal in deals:
             o = outcomes.get(deal.id)
             confirmed = int(o["paid_quantity"]) if o else 0
-            outcome = (
-                o["outcome"]
-                if o
-                else DealOutcome.failed
-                if deal.group_threshold > confirmed
-                else DealOutcome.succeeded
-            )
+            # orders has no row for a deal nobody paid for: the same rule decides it here
+            outcome = o["outcome"] if o else group_outcome(confirmed, deal.group_threshold)
             await s.execute(
                 text(
                     "UPDATE catalog.deals SET outcome = :o, confirmed_quantity = :q "

@@ -185,7 +185,7 @@ class PaymentProvider:
         return _intent(body)
 
     async def confirm_intent(
-        self, intent_id: str, payment_method: str, *, idempotency_key: str
+        self, intent_id: str, payment_method: str | None, *, idempotency_key: str
     ) -> Intent:
         body = await self._call(
             "POST",
@@ -194,6 +194,45 @@ class PaymentProvider:
             idempotency_key,
         )
         return _intent(body)
+
+    # Paying one of our records (an order, a deposit): its intent and each attempt to
+    # confirm it, every call keyed by `ref` ("order:42"), our own id for the record.
+
+    async def open_intent(self, ref: str, amount_fen: int, metadata: dict[str, Any]) -> str:
+        """The id of `ref`'s one intent: a repeated call gets the same intent back."""
+        intent = await self.create_intent(
+            amount_fen, idempotency_key=f"{ref}:intent", metadata=metadata
+        )
+        return intent.id
+
+    async def pay_once(
+        self,
+        ref: str,
+        intent_id: str,
+        attempt: int,
+        payment_method: str | None = None,
+        card: dict[str, Any] | None = None,
+    ) -> Intent:
+        """Confirm `ref`'s intent with a method (or a card's details): attempt number
+        `attempt`, counted by the caller on its own record, so a retried attempt is the
+        same charge and a new one a new try. Returns the intent as it then stands; a
+        declined card raises PaymentDeclined, as a 402 or as an intent sent back for
+        another method."""
+        if card is not None:
+            payment_method = await self.create_card_method(
+                card, idempotency_key=f"{ref}:card:{attempt}"
+            )
+        try:
+            intent = await self.confirm_intent(
+                intent_id, payment_method, idempotency_key=f"{ref}:confirm:{attempt}"
+            )
+        except ProviderRejected:
+            intent = await self.retrieve_intent(intent_id)  # e.g. already confirmed by a twin
+        if intent.status == "requires_payment_method":
+            raise PaymentDeclined(
+                "the card was declined", code=intent.error_code or "card_declined"
+            )
+        return intent
 
     async def create_card_method(self, card: dict[str, Any], *, idempotency_key: str) -> str:
         body = await self._call(

@@ -1,2 +1,3 @@
-"""What the services agree on: the shapes that cross a service boundary. Imports no
-service, so a producer and its consumers import the same definitions."""
+"""What the services agree on: the shapes that cross a service boundary, and the few pure
+rules both sides of one apply (`deals.py`). Imports no service, so a producer and its
+consumers import the same definitions."""

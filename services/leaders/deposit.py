@@ -14,7 +14,7 @@ from sqlmodel import col, select
 
 from services.common.clock import clock
 from services.common.errors import Conflict
-from services.common.payments import PaymentDeclined, ProviderRejected, get_provider
+from services.common.payments import get_provider
 from services.common.settings import get_settings
 
 from .models import DepositEntry, Leader
@@ -46,10 +46,10 @@ async def start_payment(db, leader_id: int, payment_method: str | None) -> Leade
         raise Conflict("a terminated leader pays no deposit", code="leader_not_active")
     intent_id = leader.deposit_intent_id
     if intent_id is None:
-        intent = await provider.create_intent(
+        created = await provider.open_intent(
+            f"deposit:{leader_id}",
             get_settings().deposit_fen,
-            idempotency_key=f"deposit:{leader_id}:intent",
-            metadata={"kind": "deposit", "leader_id": leader_id},
+            {"kind": "deposit", "leader_id": leader_id},
         )
         async with db.transaction() as s:
             # a concurrent call may have stored its intent first: everyone uses that one
@@ -58,7 +58,7 @@ async def start_payment(db, leader_id: int, payment_method: str | None) -> Leade
                     "UPDATE leaders.leaders SET deposit_intent_id = :pi WHERE id = :id AND "
                     "deposit_intent_id IS NULL"
                 ),
-                {"pi": intent.id, "id": leader_id},
+                {"pi": created, "id": leader_id},
             )
             intent_id = (
                 await s.execute(
@@ -78,21 +78,12 @@ async def start_payment(db, leader_id: int, payment_method: str | None) -> Leade
                 )
             ).scalar_one_or_none()
         if attempt is not None:
-            try:
-                intent = await provider.confirm_intent(
-                    intent_id,
-                    payment_method,
-                    idempotency_key=f"deposit:{leader_id}:confirm:{attempt}",
-                )
-            except ProviderRejected:
-                intent = await provider.retrieve_intent(intent_id)  # confirmed by a twin call
+            intent = await provider.pay_once(
+                f"deposit:{leader_id}", intent_id, attempt, payment_method
+            )
             if intent.succeeded:
                 async with db.transaction() as s:
                     await record_payment(s, leader_id, intent.id, intent.amount_fen)
-            elif intent.status == "requires_payment_method":
-                raise PaymentDeclined(
-                    "the card was declined", code=intent.error_code or "card_declined"
-                )
     async with db.session() as s:
         return await get_leader(s, leader_id)
 

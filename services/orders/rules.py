@@ -1,13 +1,9 @@
-"""Pure order rules, tested at their edges without I/O."""
+"""Pure order rules, tested at their edges without I/O. (A deal's threshold outcome is
+shared with catalog: `services.contracts.deals`.)"""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-
-
-def threshold_met(paid_quantity: int, group_threshold: int) -> bool:
-    """成团: a deal goes ahead when paid units reach its threshold (0 = no threshold)."""
-    return group_threshold <= 0 or paid_quantity >= group_threshold
 
 
 def after_sales_open(picked_up_at: datetime, now: datetime, window_hours: int) -> bool:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.clock import clock
 from services.common.errors import Conflict
+from services.common.settings import get_settings
 
 # leader accounts (what the platform owes a leader), by state of the money. Amounts are
 # signed so that every transaction sums to zero: what the platform owes a leader is
@@ -41,24 +42,6 @@ class Leg:
     amount_fen: int
 
 
-async def _ensure_account(s: AsyncSession, code: str) -> int:
-    if code.startswith("leader:"):
-        _, leader_id, kind = code.split(":")
-        params = {"c": code, "l": int(leader_id), "k": kind, "neg": kind == RECEIVABLE}
-    else:
-        params = {"c": code, "l": None, "k": code.split(":", 1)[1], "neg": True}
-    await s.execute(
-        text(
-            "INSERT INTO settlement.accounts (code, leader_id, kind, currency, allow_negative, "
-            "balance_fen) VALUES (:c, :l, :k, 'CNY', :neg, 0) ON CONFLICT (code) DO NOTHING"
-        ),
-        params,
-    )
-    return (
-        await s.execute(text("SELECT id FROM settlement.accounts WHERE code = :c"), {"c": code})
-    ).scalar_one()
-
-
 def _account_row(code: str) -> tuple[str, int | None, str, bool]:
     if code.startswith("leader:"):
         _, leader_id, kind = code.split(":")
@@ -67,12 +50,12 @@ def _account_row(code: str) -> tuple[str, int | None, str, bool]:
 
 
 async def _ensure_accounts(s: AsyncSession, codes: list[str]) -> None:
-    """`_ensure_account` for many codes in one statement."""
+    """Create the accounts that do not exist yet, in one statement."""
     rows = [_account_row(c) for c in sorted(set(codes))]
     await s.execute(
         text(
             "INSERT INTO settlement.accounts (code, leader_id, kind, currency, allow_negative, "
-            "balance_fen) SELECT v.c, v.l, v.k, 'CNY', v.neg, 0 FROM unnest(CAST(:c AS text[]), "
+            "balance_fen) SELECT v.c, v.l, v.k, :cur, v.neg, 0 FROM unnest(CAST(:c AS text[]), "
             "CAST(:l AS int[]), CAST(:k AS text[]), CAST(:neg AS boolean[])) AS v(c, l, k, neg) "
             "ORDER BY v.c ON CONFLICT (code) DO NOTHING"
         ),
@@ -81,6 +64,7 @@ async def _ensure_accounts(s: AsyncSession, codes: list[str]) -> None:
             "l": [r[1] for r in rows],
             "k": [r[2] for r in rows],
             "neg": [r[3] for r in rows],
+            "cur": get_settings().currency,
         },
     )
 
@@ -104,41 +88,7 @@ async def lock_balances(s: AsyncSession, codes: list[str]) -> dict[str, int]:
 
 async def post(s: AsyncSession, reference: str, kind: str, legs: list[Leg], memo: str = "") -> bool:
     """Post one balanced transaction, once per reference. False if already posted."""
-    if sum(leg.amount_fen for leg in legs) != 0:
-        raise ValueError(f"unbalanced transaction {reference}: {legs}")
-    legs = [leg for leg in legs if leg.amount_fen != 0]
-    tx_id = (
-        await s.execute(
-            text(
-                "INSERT INTO settlement.ledger_transactions (reference, kind, memo, created_at) "
-                "VALUES (:r, :k, :m, :now) ON CONFLICT (reference) DO NOTHING RETURNING id"
-            ),
-            {"r": reference, "k": kind, "m": memo, "now": clock.now()},
-        )
-    ).scalar_one_or_none()
-    if tx_id is None:
-        return False
-    now = clock.now()
-    for leg in sorted(legs, key=lambda g: g.account):
-        account_id = await _ensure_account(s, leg.account)
-        try:
-            async with s.begin_nested():
-                await s.execute(
-                    text(
-                        "UPDATE settlement.accounts SET balance_fen = balance_fen + :a WHERE id = :id"
-                    ),
-                    {"a": leg.amount_fen, "id": account_id},
-                )
-        except IntegrityError as e:
-            raise InsufficientBalance(f"{leg.account} cannot cover {-leg.amount_fen} fen") from e
-        await s.execute(
-            text(
-                "INSERT INTO settlement.ledger_entries (transaction_id, account_id, amount_fen, "
-                "currency, created_at) VALUES (:t, :a, :amt, 'CNY', :now)"
-            ),
-            {"t": tx_id, "a": account_id, "amt": leg.amount_fen, "now": now},
-        )
-    return True
+    return await post_many(s, [Posting(reference, kind, legs, memo)]) == 1
 
 
 @dataclass(frozen=True)
@@ -159,18 +109,21 @@ async def post_many(s: AsyncSession, postings: list[Posting]) -> int:
     if not postings:
         return 0
     now = clock.now()
-    codes = sorted({leg.account for p in postings for leg in p.legs})
-    await _ensure_accounts(s, codes)
-    ids = {
-        r.code: r.id
-        for r in await s.execute(
-            text(
-                "SELECT id, code FROM settlement.accounts WHERE code = ANY(:c) "
-                "ORDER BY code FOR UPDATE"
-            ),
-            {"c": codes},
-        )
-    }
+    # a zero leg moves nothing: it neither opens nor locks an account
+    codes = sorted({leg.account for p in postings for leg in p.legs if leg.amount_fen != 0})
+    ids: dict[str, int] = {}
+    if codes:
+        await _ensure_accounts(s, codes)
+        ids = {
+            r.code: r.id
+            for r in await s.execute(
+                text(
+                    "SELECT id, code FROM settlement.accounts WHERE code = ANY(:c) "
+                    "ORDER BY code FOR UPDATE"
+                ),
+                {"c": codes},
+            )
+        }
     posted = {
         r.reference: r.id
         for r in await s.execute(
@@ -214,13 +167,14 @@ async def post_many(s: AsyncSession, postings: list[Posting]) -> int:
     await s.execute(
         text(
             "INSERT INTO settlement.ledger_entries (transaction_id, account_id, amount_fen, "
-            "currency, created_at) SELECT v.t, v.a, v.amt, 'CNY', :now FROM unnest("
+            "currency, created_at) SELECT v.t, v.a, v.amt, :cur, :now FROM unnest("
             "CAST(:t AS int[]), CAST(:a AS int[]), CAST(:amt AS bigint[])) AS v(t, a, amt)"
         ),
         {
             "t": [e[0] for e in entries],
             "a": [e[1] for e in entries],
             "amt": [e[2] for e in entries],
+            "cur": get_settings().currency,
             "now": now,
         },
     )

@@ -1,7 +1,8 @@
 from datetime import UTC, date, datetime, timedelta
 
 from services.catalog.service import cutoff_for
-from services.orders.rules import after_sales_open, reservation_expiry, threshold_met
+from services.contracts.deals import threshold_met
+from services.orders.rules import after_sales_open, reservation_expiry
 
 
 def test_threshold_met_exactly_and_missed_by_one():

@@ -10,9 +10,9 @@ from sqlalchemy import text
 
 from services.common.clock import clock
 from services.common.events import kick
+from services.contracts.deals import group_outcome
 from services.contracts.events import OrderCancelled, OrderConfirmed
 
-from ..rules import threshold_met
 from .core import S, transition
 
 
@@ -41,7 +41,8 @@ async def apply_cutoff(db, sale_date: date) -> dict:
                 params,
             )
         ).all()
-        failed = [d.deal_id for d in deals if not threshold_met(d.qty, d.threshold)]
+        outcomes = {d.deal_id: group_outcome(d.qty, d.threshold) for d in deals}
+        failed = [deal_id for deal_id, o in outcomes.items() if o == "failed"]
         # missed lines cancelled, each order's refund owed and its refunded total raised,
         # in one statement however many orders the day has
         refunded = (
@@ -109,7 +110,7 @@ async def apply_cutoff(db, sale_date: date) -> dict:
                 "deal_id": d.deal_id,
                 "paid_quantity": d.qty,
                 "group_threshold": d.threshold,
-                "outcome": "failed" if d.deal_id in failed else "succeeded",
+                "outcome": outcomes[d.deal_id],
             }
             for d in deals
         ],

@@ -5,7 +5,6 @@ from `/pay` or the provider's webhook, whichever is first.
 from __future__ import annotations
 
 import secrets
-from typing import cast
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.common.auth import Principal
 from services.common.clock import clock
 from services.common.events import emit_event, kick
-from services.common.payments import PaymentDeclined, ProviderRejected, get_provider
+from services.common.payments import PaymentDeclined, get_provider
 from services.contracts.events import DepositPaymentSucceeded, OrderPaid
 
 from .core import SCHEMA, NotYourOrder, OrderNotPayable, S, load_order, log, transition
@@ -44,13 +43,9 @@ async def pay_order(
 
     intent_id = order.payment_intent_id
     if intent_id is None:
-        intent_id = (
-            await provider.create_intent(
-                order.total_fen,
-                idempotency_key=f"order:{order_id}:intent",
-                metadata={"kind": "order", "order_id": order_id},
-            )
-        ).id
+        intent_id = await provider.open_intent(
+            f"order:{order_id}", order.total_fen, {"kind": "order", "order_id": order_id}
+        )
     async with db.transaction() as s:
         # one statement: keep the first intent stored (a concurrent /pay may have won) and
         # count this attempt, only while the order still waits for its money
@@ -67,26 +62,15 @@ async def pay_order(
     if row is None:
         return
     intent_id, attempt = row
-    if card is not None:
-        payment_method = await provider.create_card_method(
-            card, idempotency_key=f"order:{order_id}:card:{attempt}"
-        )
     try:
-        intent = await provider.confirm_intent(
-            intent_id,
-            # PayIn's validator: no card means a payment_method
-            cast(str, payment_method),
-            idempotency_key=f"order:{order_id}:confirm:{attempt}",
+        intent = await provider.pay_once(
+            f"order:{order_id}", intent_id, attempt, payment_method, card
         )
-    except ProviderRejected:
-        intent = await provider.retrieve_intent(intent_id)  # e.g. already confirmed by a twin
     except PaymentDeclined:
         log.info("payment_declined", order_id=order_id)
         raise
     if intent.succeeded:
         await record_payment(db, order_id, intent.id, intent.amount_fen)
-    elif intent.status == "requires_payment_method":
-        raise PaymentDeclined("the card was declined", code=intent.error_code or "card_declined")
 
 
 def new_pickup_code() -> str:
