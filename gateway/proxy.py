@@ -18,9 +18,9 @@ from fastapi import Request
 from fastapi.responses import Response
 from yarl import URL
 
-from services.common.errors import NotFound, PeerTimeout, PeerUnavailable, problem
+from services.common.errors import NotFound, PeerTimeout, problem
 from services.common.http import HOP_BY_HOP as HOP_BY_HOP_PROXIED
-from services.common.http import SessionPerLoop, peer_timeout
+from services.common.http import SessionPerLoop, peer_failure, peer_timeout
 from services.common.settings import get_settings
 
 from .routing import PREFIX
@@ -124,22 +124,15 @@ class Proxy:
             )
         except (ValueError, aiohttp.InvalidURL) as e:
             raise NotFound("no such route") from e
-        # a connection never taken within PEER_CONNECT_TIMEOUT_S is a service that is down
-        # (a host gone, a port nobody serves behind a firewall that drops): 503, as a
-        # refused one is. aiohttp's connect timeout is also a TimeoutError, and was a 504.
-        except aiohttp.ConnectionTimeoutError as e:
-            log.warning("upstream_unavailable", service=service, path=path, error=repr(e)[:200])
-            headers = {"x-request-id": request_id, "retry-after": "1"}
-            raise PeerUnavailable(f"{service} is unavailable", headers=headers) from e
-        # before ClientError: aiohttp's read timeout is both, and is a 504
-        except TimeoutError as e:
-            log.warning("upstream_timeout", service=service, path=path)
-            raise PeerTimeout(f"{service} did not answer in time") from e
-        except aiohttp.ClientError as e:
-            log.warning("upstream_unavailable", service=service, path=path, error=repr(e)[:200])
-            # the request id listed first, as this answer always had it
-            headers = {"x-request-id": request_id, "retry-after": "1"}
-            raise PeerUnavailable(f"{service} is unavailable", headers=headers) from e
+        except (TimeoutError, aiohttp.ClientError) as e:
+            failure = peer_failure(service, e)
+            if isinstance(failure, PeerTimeout):
+                log.warning("upstream_timeout", service=service, path=path)
+            else:
+                log.warning("upstream_unavailable", service=service, path=path, error=repr(e)[:200])
+                # the request id listed first, as this answer always had it
+                failure.extra["headers"] = {"x-request-id": request_id, "retry-after": "1"}
+            raise failure from e
         return Response(
             content, status_code=status, headers=headers_to_client(service_headers, request_id)
         )

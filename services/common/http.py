@@ -93,6 +93,15 @@ async def close_all_sessions() -> None:
         await sessions.aclose()
 
 
+def peer_failure(service: str, error: Exception) -> PeerUnavailable | PeerTimeout:
+    """What a failed call to a peer tells its caller: an answer that did not come in time
+    is a slow peer (504); a connection refused, cut or never taken is a peer that is down
+    (503). aiohttp's connect timeout is a TimeoutError too, and is the latter."""
+    if isinstance(error, TimeoutError) and not isinstance(error, aiohttp.ConnectionTimeoutError):
+        return PeerTimeout(f"{service} did not answer in time")
+    return PeerUnavailable(f"{service} is unavailable")
+
+
 def peer_timeout(read_s: float, connect_s: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=read_s)
 
@@ -155,14 +164,8 @@ class ServiceClient:
                 method, f"{self.base_url}{path}", json=json, params=params, headers=headers
             ) as resp:
                 status, content = resp.status, await resp.read()
-        # a connection never taken is a peer that is down (503), not a slow one (504):
-        # aiohttp's connect timeout is a TimeoutError too
-        except aiohttp.ConnectionTimeoutError as e:
-            raise PeerUnavailable(f"{self.service} is unavailable") from e
-        except TimeoutError as e:
-            raise PeerTimeout(f"{self.service} did not answer in time") from e
-        except aiohttp.ClientError as e:
-            raise PeerUnavailable(f"{self.service} is unavailable") from e
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise peer_failure(self.service, e) from e
         if status >= 400:
             try:
                 body = orjson.loads(content) if content else {}
