@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(1, args.n + 1)
     ]
     runs: list[Run] = []
+    running: list[Run] = []
     lock = threading.Lock()
     burners: list[multiprocessing.Process] = []
 
@@ -201,8 +202,6 @@ def main(argv: list[str] | None = None) -> int:
                     b.terminate()
                     b.join()
                 burners.clear()
-
-    running: list[Run] = []
 
     def stream(clone: Path) -> None:
         while True:
