@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from .settings import get_settings
+from .uow import UnitOfWork
 
 
 def driver_url(url: str, driver: str) -> str:
@@ -63,6 +64,13 @@ class Database:
             self._readers = async_sessionmaker(self._autocommit, expire_on_commit=False)
         return self._engine
 
+    @property
+    def autocommit_engine(self) -> AsyncEngine:
+        """The engine in autocommit mode: each statement its own transaction."""
+        _ = self.engine
+        assert self._autocommit is not None
+        return self._autocommit
+
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
         _ = self.engine
         assert self._sessions is not None
@@ -105,6 +113,10 @@ class Database:
         only (no ORM objects): the same BEGIN/COMMIT, none of a session's bookkeeping."""
         async with self.engine.begin() as c:
             yield c
+
+    def unit(self, *, read_only: bool = False) -> UnitOfWork:
+        """The one way routes and tasks open a transaction (services/common/uow.py)."""
+        return UnitOfWork(self, read_only=read_only)
 
     async def dispose(self) -> None:
         if self._engine is not None:

@@ -27,7 +27,7 @@ import orjson
 import structlog
 from sqlalchemy import Column, DateTime, String, Table, func, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlmodel import SQLModel
 
 from .background import after_response
@@ -110,7 +110,7 @@ def envelope(
 
 
 async def emit(
-    session: AsyncSession,
+    session: AsyncSession | AsyncConnection,
     schema: str,
     topic: str,
     payload: dict[str, Any],
@@ -130,7 +130,10 @@ async def emit(
 
 
 async def emit_event(
-    session: AsyncSession, schema: str, event: Event, event_id: uuid.UUID | None = None
+    session: AsyncSession | AsyncConnection,
+    schema: str,
+    event: Event,
+    event_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
     """`emit` of a typed event (services/contracts/events.py): the model names the topic
     and is the payload."""
@@ -138,7 +141,10 @@ async def emit_event(
 
 
 async def emit_events(
-    session: AsyncSession, schema: str, events: Sequence[Event], at: datetime | None = None
+    session: AsyncSession | AsyncConnection,
+    schema: str,
+    events: Sequence[Event],
+    at: datetime | None = None,
 ) -> None:
     """`emit_event` for many events in one statement, however many there are (a cutoff
     moves 100,000 orders): one outbox row each, all occurring `at` (the change's time)."""
